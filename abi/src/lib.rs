@@ -1,0 +1,196 @@
+//! The wire contract between the hyperlight-js engine (host side) and the
+//! QuickJS guest running inside the micro-VM.
+//!
+//! Both sides depend on this crate so that function names, result framing and
+//! guest error kinds can never drift apart. It is `no_std` because the guest
+//! is built for `x86_64-unknown-none`.
+#![no_std]
+#![deny(missing_docs)]
+
+extern crate alloc;
+
+use alloc::string::String;
+
+/// Guest functions exported by the runtime, called by the engine.
+pub mod guest_fn {
+    /// `(max_stack: u64, memory_limit: u64, output_limit: u64, host_fns: String) -> String`:
+    /// creates the QuickJS runtime and context. `host_fns` lists `module.function`
+    /// names, one per line, that become callable as `host.module.function(...)`.
+    pub const LOAD_RUNTIME: &str = "LoadRuntime";
+    /// `(key: String, code: String) -> String`: compiles a handler under a routing key.
+    pub const REGISTER_HANDLER: &str = "RegisterHandler";
+    /// `(key: String, event_json: String, gc: bool, seed: u64) -> String`: runs a handler.
+    /// A non-zero `seed` reseeds `Math.random` first.
+    pub const CALL_HANDLER: &str = "CallHandler";
+}
+
+/// Host functions the guest calls.
+pub mod host_fn {
+    /// `() -> u64`: microseconds since the Unix epoch (real time, from the host).
+    pub const NOW_MICROS: &str = "HostNowMicros";
+    /// `(level: i32, message: String) -> i32`: one `console.*` line.
+    pub const CONSOLE: &str = "HostConsole";
+    /// `(module: String, function: String, args_json: String) -> String`: a call to a
+    /// user-registered host function; the answer is framed like a guest reply.
+    pub const CALL: &str = "HostCall";
+}
+
+/// `console` levels carried by [`host_fn::CONSOLE`].
+pub mod console_level {
+    /// `console.debug`
+    pub const DEBUG: i32 = 0;
+    /// `console.log` and `console.info`
+    pub const INFO: i32 = 1;
+    /// `console.warn`
+    pub const WARN: i32 = 2;
+    /// `console.error`
+    pub const ERROR: i32 = 3;
+}
+
+/// Why a guest call failed, as the guest reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuestErrorKind {
+    /// The handler threw (or its promise rejected).
+    HandlerThrew,
+    /// The handler code failed to compile or does not define `handler`.
+    Compile,
+    /// No handler is registered under the routing key.
+    UnknownHandler,
+    /// The handler's return value cannot be represented as JSON.
+    ResultNotJson,
+    /// The serialized result exceeds the output limit.
+    OutputTooLarge,
+    /// JavaScript recursion exceeded the stack limit.
+    StackOverflow,
+    /// The JavaScript heap limit was reached.
+    OutOfMemory,
+    /// The runtime was used before it was loaded, or loaded twice.
+    RuntimeState,
+    /// Anything else.
+    Internal,
+}
+
+impl GuestErrorKind {
+    const ALL: [Self; 9] = [
+        Self::HandlerThrew,
+        Self::Compile,
+        Self::UnknownHandler,
+        Self::ResultNotJson,
+        Self::OutputTooLarge,
+        Self::StackOverflow,
+        Self::OutOfMemory,
+        Self::RuntimeState,
+        Self::Internal,
+    ];
+
+    /// The one-byte tag used on the wire.
+    pub const fn tag(self) -> u8 {
+        match self {
+            Self::HandlerThrew => b't',
+            Self::Compile => b'c',
+            Self::UnknownHandler => b'u',
+            Self::ResultNotJson => b'j',
+            Self::OutputTooLarge => b'o',
+            Self::StackOverflow => b's',
+            Self::OutOfMemory => b'm',
+            Self::RuntimeState => b'r',
+            Self::Internal => b'i',
+        }
+    }
+
+    /// The kind for a wire tag.
+    pub fn from_tag(tag: u8) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.tag() == tag)
+    }
+}
+
+/// A failure reported by the guest: what kind, the message, and the JS stack if any.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuestFailure {
+    /// What went wrong.
+    pub kind: GuestErrorKind,
+    /// The human message (for a thrown error, its `message`).
+    pub message: String,
+    /// The JavaScript stack trace, empty when there is none.
+    pub stack: String,
+}
+
+/// A guest reply: `Ok` holds the JSON text of the value.
+pub type Reply = Result<String, GuestFailure>;
+
+const OK: u8 = b'+';
+const ERR: u8 = b'!';
+const SEP: char = '\u{0}';
+
+/// Frames a successful reply around a JSON text.
+pub fn encode_ok(json: &str) -> String {
+    let mut s = String::with_capacity(json.len() + 1);
+    s.push(OK as char);
+    s.push_str(json);
+    s
+}
+
+/// Frames a failure.
+pub fn encode_err(kind: GuestErrorKind, message: &str, stack: &str) -> String {
+    let mut s = String::with_capacity(message.len() + stack.len() + 3);
+    s.push(ERR as char);
+    s.push(kind.tag() as char);
+    s.push_str(message);
+    s.push(SEP);
+    s.push_str(stack);
+    s
+}
+
+/// Reads a framed reply. `None` means the frame itself is malformed.
+pub fn decode(mut frame: String) -> Option<Reply> {
+    match frame.as_bytes().first() {
+        Some(&OK) => {
+            frame.remove(0);
+            Some(Ok(frame))
+        }
+        Some(&ERR) => {
+            let kind = GuestErrorKind::from_tag(*frame.as_bytes().get(1)?)?;
+            let body = frame.get(2..)?;
+            let (message, stack) = body.split_once(SEP).unwrap_or((body, ""));
+            Some(Err(GuestFailure {
+                kind,
+                message: message.into(),
+                stack: stack.into(),
+            }))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::string::ToString;
+
+    #[test]
+    fn ok_frames_round_trip() {
+        assert_eq!(decode(encode_ok("{\"a\":1}")), Some(Ok("{\"a\":1}".to_string())));
+    }
+
+    #[test]
+    fn every_error_kind_round_trips_with_message_and_stack() {
+        for kind in GuestErrorKind::ALL {
+            let got = decode(encode_err(kind, "boom", "at handler (h.js:2)"));
+            assert_eq!(
+                got,
+                Some(Err(GuestFailure {
+                    kind,
+                    message: "boom".into(),
+                    stack: "at handler (h.js:2)".into()
+                }))
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_frames_are_rejected() {
+        assert_eq!(decode(String::new()), None);
+        assert_eq!(decode("x".to_string()), None);
+        assert_eq!(decode("!Z".to_string()), None);
+    }
+}

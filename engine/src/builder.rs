@@ -1,0 +1,190 @@
+//! `SandboxBuilder`: sizes for a new sandbox, then [`SandboxBuilder::build`].
+
+use hyperlight_host::is_hypervisor_present;
+use tracing::instrument;
+
+use crate::error::{Error, Result};
+use crate::guest_image::GUEST;
+use crate::host_functions::{self, HostRegistry};
+use crate::proto::ProtoJSSandbox;
+
+/// Sizes of one sandbox, in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SandboxConfig {
+    /// Guest heap: the JavaScript heap and the runtime's own allocations.
+    pub heap_size: u64,
+    /// Guest stack: bounds JavaScript recursion (`ERR_STACK_OVERFLOW` past it).
+    pub stack_size: u64,
+    /// Largest event, as JSON text, that a call accepts.
+    pub input_buffer_size: u64,
+    /// Largest result, as JSON text, that a call may return.
+    pub output_buffer_size: u64,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            heap_size: SandboxBuilder::DEFAULT_HEAP_SIZE,
+            stack_size: SandboxBuilder::DEFAULT_STACK_SIZE,
+            input_buffer_size: SandboxBuilder::DEFAULT_INPUT_BUFFER_SIZE,
+            output_buffer_size: SandboxBuilder::DEFAULT_OUTPUT_BUFFER_SIZE,
+        }
+    }
+}
+
+/// Room kept outside QuickJS's own heap limit for the runtime's Rust
+/// allocations (handler table, call frames, the event and result strings).
+const RUNTIME_RESERVE: u64 = 2 * 1024 * 1024;
+/// Native stack kept outside QuickJS's recursion limit for the dispatch path.
+const STACK_RESERVE: u64 = 64 * 1024;
+/// Scratch beyond heap, stack and buffers: page tables and transport rings.
+const SCRATCH_SLACK: u64 = 4 * 1024 * 1024;
+/// Framing around an event or result in the transport (key, flatbuffer headers).
+const TRANSPORT_SLACK: u64 = 16 * 1024;
+
+impl SandboxConfig {
+    /// Checks every size; each must be greater than zero and the heap must
+    /// hold the runtime.
+    pub fn validate(&self) -> Result<()> {
+        for (name, v) in [
+            ("heap size", self.heap_size),
+            ("stack size", self.stack_size),
+            ("input buffer size", self.input_buffer_size),
+            ("output buffer size", self.output_buffer_size),
+        ] {
+            positive(name, v)?;
+        }
+        if self.heap_size < SandboxBuilder::MIN_HEAP_SIZE {
+            return Err(Error::InvalidArgument(format!(
+                "heap size of {} bytes is too small for the JavaScript runtime (minimum {} bytes)",
+                self.heap_size,
+                SandboxBuilder::MIN_HEAP_SIZE
+            )));
+        }
+        Ok(())
+    }
+
+    /// QuickJS's heap limit.
+    pub(crate) fn js_memory_limit(&self) -> u64 {
+        self.heap_size
+            .saturating_sub(RUNTIME_RESERVE + self.input_buffer_size + self.output_buffer_size)
+            .max(self.heap_size / 2)
+    }
+
+    /// QuickJS's recursion limit.
+    pub(crate) fn js_stack_limit(&self) -> u64 {
+        self.stack_size.saturating_sub(STACK_RESERVE).max(STACK_RESERVE)
+    }
+
+    fn scratch_size(&self) -> u64 {
+        // Scratch holds every page written since the last snapshot (copy-on-write),
+        // the on-demand stack and the transport buffers.
+        (self.heap_size + self.stack_size + self.input_buffer_size + self.output_buffer_size + SCRATCH_SLACK)
+            .next_multiple_of(64 * 1024)
+    }
+}
+
+/// Checks that a size or count is greater than zero (`ERR_INVALID_ARG`).
+pub fn positive(name: &str, value: u64) -> Result<u64> {
+    if value == 0 {
+        return Err(Error::InvalidArgument(format!("{name} must be greater than zero")));
+    }
+    Ok(value)
+}
+
+/// Configures and builds a sandbox: a micro-VM with the guest runtime in it,
+/// not yet running JavaScript.
+///
+/// ```no_run
+/// use hyperlight_js_engine::{CallOptions, SandboxBuilder};
+/// # fn main() -> Result<(), hyperlight_js_engine::Error> {
+/// let proto = SandboxBuilder::new().heap_size(16 << 20).build()?;
+/// let mut js = proto.load_runtime()?;
+/// js.add_handler("greet", "function handler(e) { return { hi: e.name }; }")?;
+/// let mut loaded = js.get_loaded_sandbox()?;
+/// let out = loaded.call_handler("greet", &serde_json::json!({"name": "World"}), &CallOptions::default())?;
+/// assert_eq!(out["hi"], "World");
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct SandboxBuilder {
+    config: SandboxConfig,
+}
+
+impl SandboxBuilder {
+    /// Default guest heap: 32 MiB.
+    pub const DEFAULT_HEAP_SIZE: u64 = 32 * 1024 * 1024;
+    /// Default guest stack: 1 MiB.
+    pub const DEFAULT_STACK_SIZE: u64 = 1024 * 1024;
+    /// Default input buffer (largest event): 1 MiB.
+    pub const DEFAULT_INPUT_BUFFER_SIZE: u64 = 1024 * 1024;
+    /// Default output buffer (largest result): 1 MiB.
+    pub const DEFAULT_OUTPUT_BUFFER_SIZE: u64 = 1024 * 1024;
+    /// Smallest heap that holds the QuickJS runtime and a full context.
+    pub const MIN_HEAP_SIZE: u64 = 4 * 1024 * 1024;
+
+    /// A builder with default sizes.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A builder with the given sizes.
+    pub fn from_config(config: SandboxConfig) -> Self {
+        Self { config }
+    }
+
+    /// Sets the guest heap size in bytes (must be > 0).
+    pub fn heap_size(mut self, bytes: u64) -> Self {
+        self.config.heap_size = bytes;
+        self
+    }
+
+    /// Sets the guest stack size in bytes (must be > 0).
+    pub fn stack_size(mut self, bytes: u64) -> Self {
+        self.config.stack_size = bytes;
+        self
+    }
+
+    /// Sets the input buffer size in bytes: the largest event accepted (must be > 0).
+    pub fn input_buffer_size(mut self, bytes: u64) -> Self {
+        self.config.input_buffer_size = bytes;
+        self
+    }
+
+    /// Sets the output buffer size in bytes: the largest result returned (must be > 0).
+    pub fn output_buffer_size(mut self, bytes: u64) -> Self {
+        self.config.output_buffer_size = bytes;
+        self
+    }
+
+    /// The sizes so far.
+    pub fn config(&self) -> &SandboxConfig {
+        &self.config
+    }
+
+    /// Creates the micro-VM and starts the guest (no JavaScript runtime yet).
+    #[instrument(name = "sandbox.build", skip_all, err(Display))]
+    pub fn build(self) -> Result<ProtoJSSandbox> {
+        let config = self.config;
+        config.validate()?;
+        if !is_hypervisor_present() {
+            return Err(Error::NoHypervisor(
+                "no hypervisor found: /dev/kvm (or /dev/mshv) is missing or not accessible to this user".into(),
+            ));
+        }
+        let registry = HostRegistry::default();
+        let builder = hyperlight_host::SandboxBuilder::from_bytes(GUEST)
+            .heap_size(config.heap_size)
+            .scratch_size(usize_of(config.scratch_size())?)
+            .h2g_buffer_size(usize_of(config.input_buffer_size + TRANSPORT_SLACK)?)
+            .g2h_buffer_size(usize_of(config.output_buffer_size + TRANSPORT_SLACK)?);
+        let sandbox = host_functions::install(builder, &registry)
+            .build()
+            .map_err(crate::error_map::from_hyperlight)?;
+        Ok(ProtoJSSandbox::new(sandbox, config, registry))
+    }
+}
+
+fn usize_of(v: u64) -> Result<usize> {
+    usize::try_from(v).map_err(|_| Error::InvalidArgument(format!("{v} bytes does not fit this platform")))
+}

@@ -1,0 +1,40 @@
+//! Translation of hyperlight and guest failures into [`Error`].
+
+use hyperlight_host::HyperlightError;
+use hyperlight_js_abi::{GuestErrorKind, GuestFailure};
+
+use crate::error::{CancelReason, Error};
+
+/// Maps a hyperlight error that is not a cancellation.
+pub(crate) fn from_hyperlight(e: HyperlightError) -> Error {
+    match e {
+        HyperlightError::NoHypervisorFound() => Error::NoHypervisor(e.to_string()),
+        HyperlightError::PoisonedSandbox | HyperlightError::UnrecoverableSandbox => Error::Poisoned,
+        HyperlightError::ExecutionCanceledByHost() => Error::Cancelled(CancelReason::Killed),
+        HyperlightError::GuestAborted(_, message) => Error::GuestAbort(message),
+        other => Error::Internal(other.to_string()),
+    }
+}
+
+/// Maps a failure the guest reported in its reply.
+pub(crate) fn from_guest(key: &str, f: GuestFailure) -> Error {
+    match f.kind {
+        GuestErrorKind::HandlerThrew => Error::HandlerThrew { message: f.message, stack: f.stack },
+        GuestErrorKind::Compile => Error::Compile { key: key.to_string(), message: f.message },
+        GuestErrorKind::UnknownHandler => Error::UnknownHandler(key.to_string()),
+        GuestErrorKind::ResultNotJson => Error::ResultNotJson(f.message),
+        GuestErrorKind::OutputTooLarge => Error::OutputTooLarge(f.message),
+        GuestErrorKind::StackOverflow => Error::StackOverflow(f.message),
+        GuestErrorKind::OutOfMemory => Error::HeapExhausted(f.message),
+        GuestErrorKind::RuntimeState | GuestErrorKind::Internal => Error::Internal(f.message),
+    }
+}
+
+/// Decodes a framed guest reply.
+pub(crate) fn reply(key: &str, frame: String) -> Result<String, Error> {
+    match hyperlight_js_abi::decode(frame) {
+        Some(Ok(json)) => Ok(json),
+        Some(Err(f)) => Err(from_guest(key, f)),
+        None => Err(Error::Internal("the guest sent a malformed reply".into())),
+    }
+}

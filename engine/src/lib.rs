@@ -1,0 +1,44 @@
+//! Run untrusted JavaScript event handlers in Hyperlight micro-VMs.
+//!
+//! Each sandbox is a micro-VM (KVM or MSHV) running our QuickJS guest. The
+//! API is a typed state machine, one type per state:
+//!
+//! [`SandboxBuilder`] → [`build`](SandboxBuilder::build) → [`ProtoJSSandbox`]
+//! → [`load_runtime`](ProtoJSSandbox::load_runtime) → [`JSSandbox`]
+//! → [`get_loaded_sandbox`](JSSandbox::get_loaded_sandbox) → [`LoadedJSSandbox`]
+//! ⇄ [`unload`](LoadedJSSandbox::unload).
+//!
+//! Every failure is an [`Error`] with a stable [`code`](Error::code).
+//!
+//! # Threads and async
+//! Every operation that touches the hypervisor blocks the calling thread
+//! (the vCPU runs on it). All states are `Send`; from tokio, move the sandbox
+//! into `spawn_blocking` and back. [`InterruptHandle`] is `Send + Sync`.
+#![deny(missing_docs)]
+
+mod builder;
+mod error;
+mod error_map;
+mod guest_image;
+mod host_functions;
+mod interrupt;
+mod js_sandbox;
+mod loaded;
+pub mod monitor;
+mod proto;
+mod snapshot;
+
+pub use builder::{SandboxBuilder, SandboxConfig, positive};
+pub use error::{CancelReason, Error, Result, TransitionError};
+pub use guest_image::GUEST;
+pub use host_functions::HostFn;
+pub use interrupt::InterruptHandle;
+pub use js_sandbox::JSSandbox;
+pub use loaded::{CallOptions, LoadedJSSandbox};
+pub use proto::ProtoJSSandbox;
+pub use snapshot::Snapshot;
+
+/// Whether this host can run sandboxes (a usable `/dev/kvm` or `/dev/mshv`).
+pub fn hypervisor_available() -> bool {
+    hyperlight_host::is_hypervisor_present()
+}

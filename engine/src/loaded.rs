@@ -1,0 +1,240 @@
+//! `LoadedJSSandbox`: handlers are compiled; events can be processed.
+
+use std::collections::BTreeSet;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyperlight_host::sandbox::snapshot::Snapshot as HlSnapshot;
+use hyperlight_host::{HyperlightError, Sandbox};
+use hyperlight_js_abi::guest_fn;
+use serde::de::IgnoredAny;
+use serde_json::Value;
+use tracing::instrument;
+
+use crate::builder::SandboxConfig;
+use crate::error::{CancelReason, Error, Result, TransitionError};
+use crate::error_map;
+use crate::host_functions::{self, HostRegistry};
+use crate::interrupt::InterruptHandle;
+use crate::js_sandbox::{JSSandbox, check_key};
+use crate::monitor::{Limits, Monitors};
+use crate::snapshot::Snapshot;
+
+/// What every state of one sandbox lineage shares.
+pub(crate) struct Shared {
+    pub(crate) config: SandboxConfig,
+    pub(crate) registry: HostRegistry,
+    /// The runtime loaded, no handlers: where `unload` goes back to.
+    pub(crate) runtime_snapshot: Arc<HlSnapshot>,
+}
+
+/// Options for one call. With no timeout, the handler runs without monitors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CallOptions {
+    /// Wall-clock limit for the call.
+    pub wall_clock_timeout: Option<Duration>,
+    /// CPU-time limit for the call (CPU time of the thread running the vCPU).
+    pub cpu_timeout: Option<Duration>,
+    /// Run the garbage collector after the call (default `true`).
+    pub gc: bool,
+}
+
+impl Default for CallOptions {
+    fn default() -> Self {
+        Self { wall_clock_timeout: None, cpu_timeout: None, gc: true }
+    }
+}
+
+impl CallOptions {
+    /// Sets the wall-clock limit.
+    pub fn wall_clock_timeout(mut self, d: Duration) -> Self {
+        self.wall_clock_timeout = Some(d);
+        self
+    }
+
+    /// Sets the CPU-time limit.
+    pub fn cpu_timeout(mut self, d: Duration) -> Self {
+        self.cpu_timeout = Some(d);
+        self
+    }
+
+    /// Chooses whether to collect garbage after the call.
+    pub fn gc(mut self, gc: bool) -> Self {
+        self.gc = gc;
+        self
+    }
+}
+
+/// A sandbox whose handlers are compiled, ready to process events.
+///
+/// Calls block the calling thread while the guest runs (the vCPU runs on it).
+/// From async code, run them on a blocking thread, e.g.
+/// `tokio::task::spawn_blocking(move || { let r = sb.call_handler(..); (sb, r) })`.
+pub struct LoadedJSSandbox {
+    sandbox: Sandbox,
+    shared: Arc<Shared>,
+    handlers: Arc<BTreeSet<String>>,
+    interrupt: InterruptHandle,
+    /// Send a fresh `Math.random` seed with the next call: set for a new
+    /// sandbox and after every restore, whose memory holds an old RNG state.
+    reseed: bool,
+}
+
+impl std::fmt::Debug for LoadedJSSandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedJSSandbox")
+            .field("handlers", &self.handlers)
+            .field("poisoned", &self.poisoned())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LoadedJSSandbox {
+    pub(crate) fn new(sandbox: Sandbox, shared: Arc<Shared>, handlers: BTreeSet<String>) -> Self {
+        let interrupt = InterruptHandle::new(sandbox.interrupt_handle());
+        Self { sandbox, shared, handlers: Arc::new(handlers), interrupt, reseed: true }
+    }
+
+    /// A new, independent sandbox in the state `snapshot` captured: same
+    /// handlers, same JavaScript state, its own micro-VM. Much cheaper than
+    /// building and loading from scratch, since no runtime init runs.
+    #[instrument(name = "sandbox.from_snapshot", skip_all, err(Display))]
+    pub fn from_snapshot(snapshot: &Snapshot) -> Result<Self> {
+        let shared = snapshot.shared.clone();
+        let builder = hyperlight_host::SandboxBuilder::from_snapshot(snapshot.hl.clone());
+        let sandbox = host_functions::install(builder, &shared.registry)
+            .build()
+            .map_err(error_map::from_hyperlight)?;
+        let mut loaded = Self::new(sandbox, shared, BTreeSet::new());
+        loaded.handlers = snapshot.handlers.clone();
+        Ok(loaded)
+    }
+
+    /// Runs the handler registered under `key` on `event`, returning its result.
+    pub fn call_handler(&mut self, key: &str, event: &Value, options: &CallOptions) -> Result<Value> {
+        let event = serde_json::to_string(event).map_err(|e| Error::InvalidJson(e.to_string()))?;
+        let json = self.call_handler_json(key, &event, options)?;
+        serde_json::from_str(&json).map_err(|e| Error::Internal(format!("the guest returned invalid JSON: {e}")))
+    }
+
+    /// Like [`call_handler`](Self::call_handler) with the event and result as
+    /// JSON text; the event is validated (`ERR_INVALID_JSON`) but not re-encoded.
+    #[instrument(name = "sandbox.call", skip(self, event, options), fields(bytes = event.len()), err(Display))]
+    pub fn call_handler_json(&mut self, key: &str, event: &str, options: &CallOptions) -> Result<String> {
+        check_key(key)?;
+        let limits = Limits::validated(options.wall_clock_timeout, options.cpu_timeout)?;
+        if self.poisoned() {
+            return Err(Error::Poisoned);
+        }
+        if !self.handlers.contains(key) {
+            return Err(Error::UnknownHandler(key.to_string()));
+        }
+        let limit = self.shared.config.input_buffer_size as usize;
+        if event.len() > limit {
+            return Err(Error::InputTooLarge { size: event.len(), limit });
+        }
+        serde_json::from_str::<IgnoredAny>(event).map_err(|e| Error::InvalidJson(e.to_string()))?;
+
+        let seed = if self.reseed { fresh_seed() } else { 0 };
+        self.interrupt.arm();
+        // Fail closed: no monitor, no run.
+        let mut guard = Monitors::start(limits, self.interrupt.vm())?;
+        let result: std::result::Result<String, HyperlightError> = self
+            .sandbox
+            .call(guest_fn::CALL_HANDLER, (key.to_string(), event.to_string(), options.gc, seed));
+        let fired = guard.as_mut().and_then(|g| g.finish());
+        drop(guard);
+        match result {
+            Ok(frame) => {
+                self.reseed = false;
+                let json = error_map::reply(key, frame)?;
+                let limit = self.shared.config.output_buffer_size as usize;
+                if json.len() > limit {
+                    return Err(Error::OutputTooLarge(format!(
+                        "the result is {} bytes, over the output buffer size of {limit} bytes",
+                        json.len()
+                    )));
+                }
+                Ok(json)
+            }
+            Err(HyperlightError::ExecutionCanceledByHost()) => {
+                let reason = match fired {
+                    Some(r) => r,
+                    None if self.interrupt.was_killed() => CancelReason::Killed,
+                    None => CancelReason::Killed,
+                };
+                Err(Error::Cancelled(reason))
+            }
+            Err(e) => Err(error_map::from_hyperlight(e)),
+        }
+    }
+
+    /// Captures the sandbox's whole state (memory and handlers).
+    #[instrument(name = "sandbox.snapshot", skip_all, err(Display))]
+    pub fn snapshot(&mut self) -> Result<Snapshot> {
+        if self.poisoned() {
+            return Err(Error::Poisoned);
+        }
+        let hl = self.sandbox.snapshot().map_err(error_map::from_hyperlight)?;
+        Ok(Snapshot { hl, handlers: self.handlers.clone(), shared: self.shared.clone() })
+    }
+
+    /// Rolls the sandbox back to `snapshot`; clears the poisoned state.
+    #[instrument(name = "sandbox.restore", skip_all, err(Display))]
+    pub fn restore(&mut self, snapshot: &Snapshot) -> Result<()> {
+        if !Arc::ptr_eq(&snapshot.shared, &self.shared) {
+            return Err(Error::InvalidArgument(
+                "the snapshot was taken from a different sandbox lineage".into(),
+            ));
+        }
+        self.sandbox.restore(snapshot.hl.clone()).map_err(error_map::from_hyperlight)?;
+        self.handlers = snapshot.handlers.clone();
+        self.reseed = true;
+        Ok(())
+    }
+
+    /// Drops every handler and all JavaScript state, back to a fresh runtime.
+    #[instrument(name = "sandbox.unload", skip_all, err(Display))]
+    pub fn unload(mut self) -> Result<JSSandbox, TransitionError<LoadedJSSandbox>> {
+        match self.sandbox.restore(self.shared.runtime_snapshot.clone()) {
+            Ok(()) => Ok(JSSandbox::from_parts(self.sandbox, self.shared)),
+            Err(e) => {
+                let error = error_map::from_hyperlight(e);
+                self.reseed = true;
+                Err(TransitionError { error, state: self })
+            }
+        }
+    }
+
+    /// A handle that kills the running call from any thread.
+    pub fn interrupt_handle(&self) -> InterruptHandle {
+        self.interrupt.clone()
+    }
+
+    /// Whether an earlier failure (kill, timeout, guest abort) left the
+    /// sandbox inconsistent. Calls fail with `ERR_POISONED` until a restore.
+    pub fn poisoned(&self) -> bool {
+        !self.sandbox.status().is_ready()
+    }
+
+    /// The routing keys of the compiled handlers.
+    pub fn handler_keys(&self) -> impl Iterator<Item = &str> {
+        self.handlers.iter().map(String::as_str)
+    }
+
+    /// The sizes this sandbox was built with.
+    pub fn config(&self) -> &SandboxConfig {
+        &self.shared.config
+    }
+}
+
+/// A non-zero seed that differs per call site and per process.
+fn fresh_seed() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.finish() | 1
+}

@@ -1,0 +1,76 @@
+//! `ProtoJSSandbox`: a running micro-VM whose JavaScript runtime is not loaded yet.
+
+use std::sync::Arc;
+
+use hyperlight_host::Sandbox;
+use hyperlight_js_abi::guest_fn;
+use serde_json::Value;
+use tracing::instrument;
+
+use crate::builder::SandboxConfig;
+use crate::error::{Error, Result};
+use crate::error_map;
+use crate::host_functions::{HostFn, HostRegistry};
+use crate::js_sandbox::JSSandbox;
+
+/// A micro-VM with the guest started. Register host functions here, then
+/// [`load_runtime`](Self::load_runtime).
+pub struct ProtoJSSandbox {
+    sandbox: Sandbox,
+    config: SandboxConfig,
+    registry: HostRegistry,
+}
+
+impl std::fmt::Debug for ProtoJSSandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProtoJSSandbox").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl ProtoJSSandbox {
+    pub(crate) fn new(sandbox: Sandbox, config: SandboxConfig, registry: HostRegistry) -> Self {
+        Self { sandbox, config, registry }
+    }
+
+    /// Registers a host function that handlers call as
+    /// `host.<module>.<function>(...args)`. It receives the arguments as a
+    /// JSON array and returns a JSON value, or an error message that the
+    /// handler sees as a thrown `Error`. It runs on the vCPU thread while the
+    /// handler waits.
+    pub fn register_host_function(
+        &mut self,
+        module: &str,
+        function: &str,
+        f: impl Fn(Value) -> std::result::Result<Value, String> + Send + Sync + 'static,
+    ) -> Result<()> {
+        for (what, name) in [("module", module), ("function", function)] {
+            let valid = !name.is_empty()
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
+                && !name.starts_with(|c: char| c.is_ascii_digit());
+            if !valid {
+                return Err(Error::InvalidArgument(format!(
+                    "host {what} name '{name}' must be a JavaScript identifier"
+                )));
+            }
+        }
+        let f: HostFn = Arc::new(f);
+        self.registry.register(module, function, f);
+        Ok(())
+    }
+
+    /// Loads the JavaScript runtime (QuickJS and its globals) into the VM.
+    #[instrument(name = "sandbox.load_runtime", skip_all, err(Display))]
+    pub fn load_runtime(mut self) -> Result<JSSandbox> {
+        let c = &self.config;
+        let frame: String = self
+            .sandbox
+            .call(
+                guest_fn::LOAD_RUNTIME,
+                (c.js_stack_limit(), c.js_memory_limit(), c.output_buffer_size, self.registry.manifest()),
+            )
+            .map_err(error_map::from_hyperlight)?;
+        error_map::reply("", frame)?;
+        let runtime_snapshot = self.sandbox.snapshot().map_err(error_map::from_hyperlight)?;
+        Ok(JSSandbox::new(self.sandbox, self.config, self.registry, runtime_snapshot))
+    }
+}

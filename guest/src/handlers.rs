@@ -1,0 +1,178 @@
+//! Handlers by routing key: compile, call, and turn JS outcomes into replies.
+
+use alloc::format;
+use alloc::string::{String, ToString};
+
+use hyperlight_js_abi::{GuestErrorKind, encode_err, encode_ok};
+use rquickjs::promise::PromiseState;
+use rquickjs::{Ctx, Function, Persistent, Promise, Value};
+
+use crate::runtime::{Js, with_js};
+
+/// A failure on its way to the host.
+pub struct Failure {
+    kind: GuestErrorKind,
+    message: String,
+    stack: String,
+}
+
+impl Failure {
+    /// A failure with no JS stack.
+    pub fn new(kind: GuestErrorKind, message: &str) -> Self {
+        Self { kind, message: message.to_string(), stack: String::new() }
+    }
+
+    /// The framed reply for this failure.
+    pub fn encode(&self) -> String {
+        encode_err(self.kind, &self.message, &self.stack)
+    }
+}
+
+/// Compiles `code` under `key`. The code runs inside its own function scope,
+/// so every handler can define its own `handler` without clashing.
+pub fn register(key: &str, code: &str) -> Result<(), Failure> {
+    with_js(|js| {
+        let compiled = js.ctx.with(|ctx| {
+            // The prefix shares the first line with the user's code so that
+            // line numbers in syntax errors and stacks match the source.
+            let wrapped = format!(
+                "(function () {{{code}\n;return typeof handler === 'function' ? handler : undefined;\n}})()"
+            );
+            match ctx.eval::<Value, _>(wrapped) {
+                Ok(v) => match v.into_function() {
+                    Some(f) => Ok(Persistent::save(&ctx, f)),
+                    None => Err(Failure::new(
+                        GuestErrorKind::Compile,
+                        &format!("handler '{key}' does not define a function named 'handler'"),
+                    )),
+                },
+                Err(e) => {
+                    let mut f = failure_from(&ctx, e);
+                    if f.kind == GuestErrorKind::HandlerThrew {
+                        f.kind = GuestErrorKind::Compile;
+                    }
+                    f.message = format!("handler '{key}' failed to load: {}", f.message);
+                    Err(f)
+                }
+            }
+        })?;
+        js.handlers.insert(key.to_string(), compiled);
+        Ok(())
+    })
+}
+
+/// Runs the handler under `key` on the JSON `event` and returns its JSON result.
+pub fn call(key: &str, event: &str, gc: bool) -> Result<String, Failure> {
+    with_js(|js| {
+        let Js { handlers, ctx, output_limit, .. } = js;
+        let handler = handlers.get(key).cloned().ok_or_else(|| {
+            Failure::new(GuestErrorKind::UnknownHandler, &format!("no handler is registered under '{key}'"))
+        })?;
+        let result = ctx.with(|ctx| {
+            let f: Function = handler.restore(&ctx).map_err(|e| failure_from(&ctx, e))?;
+            let event: Value = ctx.json_parse(event).map_err(|e| failure_from(&ctx, e))?;
+            let value: Value = f.call((event,)).map_err(|e| failure_from(&ctx, e))?;
+            let value = settle(&ctx, value)?;
+            let json = match ctx.json_stringify(value) {
+                Ok(Some(s)) => s.to_string().map_err(|e| failure_from(&ctx, e))?,
+                Ok(None) => "null".to_string(),
+                Err(e) => {
+                    let mut f = failure_from(&ctx, e);
+                    if f.kind == GuestErrorKind::HandlerThrew {
+                        f.kind = GuestErrorKind::ResultNotJson;
+                    }
+                    f.message = format!("the handler's result is not JSON-serializable: {}", f.message);
+                    return Err(f);
+                }
+            };
+            if json.len() > *output_limit {
+                return Err(Failure::new(
+                    GuestErrorKind::OutputTooLarge,
+                    &format!("the result is {} bytes, over the output limit of {} bytes", json.len(), output_limit),
+                ));
+            }
+            Ok(json)
+        });
+        if gc {
+            ctx.with(|ctx| ctx.run_gc());
+        }
+        result
+    })
+}
+
+/// Runs queued jobs until the returned value (when a promise) has settled.
+fn settle<'js>(ctx: &Ctx<'js>, value: Value<'js>) -> Result<Value<'js>, Failure> {
+    while ctx.execute_pending_job() {}
+    let Some(promise) = value.as_promise().cloned() else {
+        return Ok(value);
+    };
+    match promise.state() {
+        PromiseState::Resolved => promise
+            .result::<Value>()
+            .unwrap_or_else(|| Ok(Value::new_undefined(ctx.clone())))
+            .map_err(|e| failure_from(ctx, e)),
+        PromiseState::Rejected => {
+            let reason = rejection(&promise);
+            Err(failure_from_value(ctx, reason))
+        }
+        PromiseState::Pending => Err(Failure::new(
+            GuestErrorKind::HandlerThrew,
+            "the handler's promise never settled (it awaits something that cannot complete in the sandbox)",
+        )),
+    }
+}
+
+fn rejection<'js>(promise: &Promise<'js>) -> Value<'js> {
+    match promise.result::<Value>() {
+        Some(Err(rquickjs::Error::Exception)) => promise.ctx().catch(),
+        Some(Ok(v)) => v,
+        _ => Value::new_undefined(promise.ctx().clone()),
+    }
+}
+
+/// Classifies an rquickjs error, taking the pending exception when there is one.
+fn failure_from(ctx: &Ctx<'_>, e: rquickjs::Error) -> Failure {
+    match e {
+        rquickjs::Error::Exception => failure_from_value(ctx, ctx.catch()),
+        rquickjs::Error::Allocation => Failure::new(GuestErrorKind::OutOfMemory, "the JavaScript heap is exhausted"),
+        other => Failure::new(GuestErrorKind::Internal, &other.to_string()),
+    }
+}
+
+/// Classifies a thrown value. QuickJS reports its own stack and heap limits as
+/// a `RangeError` and an `InternalError` with fixed messages.
+fn failure_from_value<'js>(ctx: &Ctx<'js>, thrown: Value<'js>) -> Failure {
+    if let Some(obj) = thrown.as_object() {
+        let name: String = obj.get("name").unwrap_or_default();
+        let message: String = obj.get("message").unwrap_or_default();
+        let stack: String = obj.get("stack").unwrap_or_default();
+        let kind = match (name.as_str(), message.as_str()) {
+            ("RangeError", "Maximum call stack size exceeded") => GuestErrorKind::StackOverflow,
+            ("InternalError", "out of memory") => GuestErrorKind::OutOfMemory,
+            _ => GuestErrorKind::HandlerThrew,
+        };
+        if !name.is_empty() || !message.is_empty() {
+            let message = if name.is_empty() { message } else { format!("{name}: {message}") };
+            return Failure { kind, message, stack };
+        }
+    }
+    if thrown.is_null() && ctx.catch().is_null() {
+        // QuickJS could not even allocate the exception object.
+        return Failure::new(GuestErrorKind::OutOfMemory, "the JavaScript heap is exhausted");
+    }
+    let text = ctx
+        .json_stringify(thrown.clone())
+        .ok()
+        .flatten()
+        .and_then(|s| s.to_string().ok())
+        .unwrap_or_else(|| "undefined".to_string());
+    Failure { kind: GuestErrorKind::HandlerThrew, message: format!("Uncaught {text}"), stack: String::new() }
+}
+
+/// Frames a call outcome for the host.
+pub fn reply(r: Result<String, Failure>) -> String {
+    match r {
+        Ok(json) => encode_ok(&json),
+        Err(f) => f.encode(),
+    }
+}
