@@ -25,7 +25,7 @@ set -euo pipefail
 charts=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(dirname "$charts")
 chart="$charts/hyperlight-js-worker"
-tools="${HLJS_CHART_TOOLS:-${XDG_CACHE_HOME:-$HOME/.cache}/hyperlight-js-charts}"
+tools="${HLJS_CHART_TOOLS:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/hyperlight-js-charts}"
 kube_versions=(1.25.0 1.35.0)
 
 if [ -n "${HLJS_CHART_RENDER_DIR:-}" ]; then

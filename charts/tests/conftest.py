@@ -8,6 +8,7 @@ no test).
 import os
 import pathlib
 import subprocess
+import tempfile
 
 import pytest
 import yaml
@@ -18,6 +19,12 @@ TESTS = CHARTS / "tests"
 REPO = pathlib.Path(os.environ.get("HLJS_REPO", CHARTS.parent))
 RELEASE = "hljs"
 NAMESPACE = "workers"
+_TEMP_FILES = []
+
+
+def pytest_sessionfinish(session, exitstatus):
+    for path in _TEMP_FILES:
+        os.unlink(path)
 
 
 def _helm_binaries():
@@ -83,10 +90,17 @@ class Manifests:
         return matches[0]
 
 
-def _args(values_files, sets, set_strings):
+def _args(values_files, sets, set_strings, values=None):
     args = []
     for f in values_files:
         args += ["--values", str(TESTS / f)]
+    if values is not None:
+        # A values file rather than --set: --set replaces whole lists and eats backslashes.
+        fd, path = tempfile.mkstemp(suffix=".yaml", prefix="hljs-values-")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            yaml.safe_dump(values, f, allow_unicode=True)
+        _TEMP_FILES.append(path)
+        args += ["--values", path]
     for k, v in (sets or {}).items():
         args += ["--set", f"{k}={v}"]
     for k, v in (set_strings or {}).items():
@@ -94,20 +108,21 @@ def _args(values_files, sets, set_strings):
     return args
 
 
-def render(helm, *values_files, sets=None, set_strings=None):
-    """helm template with the given values files (names in charts/tests) and --set pairs."""
+def render(helm, *values_files, values=None, sets=None, set_strings=None):
+    """helm template with the given values files (names in charts/tests), then `values` (a
+    dict), then --set pairs."""
     cmd = [helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE]
-    cmd += _args(values_files, sets, set_strings)
+    cmd += _args(values_files, sets, set_strings, values)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RenderError(proc.stderr)
     return Manifests([d for d in yaml.safe_load_all(proc.stdout) if d])
 
 
-def render_fails(helm, *values_files, sets=None, set_strings=None):
+def render_fails(helm, *values_files, values=None, sets=None, set_strings=None):
     """Renders expecting failure; returns Helm's error text."""
     with pytest.raises(RenderError) as err:
-        render(helm, *values_files, sets=sets, set_strings=set_strings)
+        render(helm, *values_files, values=values, sets=sets, set_strings=set_strings)
     return str(err.value)
 
 

@@ -111,28 +111,29 @@ def test_handler_sources_sit_next_to_the_config_under_the_names_it_gives(helm):
 
 
 def test_handler_file_defaults_to_key_dot_js(helm):
-    m = render(helm, sets={"handlers[0].file": "null"})
+    m = render(helm, values={"handlers": [{"key": "greet", "source": "function handler(e) {}"}]})
     data = m.one("ConfigMap")["data"]
     assert worker_toml(m)["handlers"][0]["file"] == "greet.js"
     assert "greet.js" in data
 
 
 def test_toml_strings_are_escaped(helm):
-    tricky = 'he said "hi"\\ \u00e9 # not a comment'
-    m = render(helm, set_strings={"config.broker.events_exchange": tricky,
-                                  "config.extra.\"odd key\"": "v"})
+    tricky = 'he said "hi"\\ \u00e9 # not a comment\n\ttab <&>'
+    m = render(helm, values={"config": {"broker": {"events_exchange": tricky},
+                                        "extra": {"odd key": "v", "list": ["a", 1, True]}}})
     cfg = worker_toml(m)
     assert cfg["broker"]["events_exchange"] == tricky
-    assert cfg["extra"] == {"odd key": "v"}
+    assert cfg["extra"] == {"odd key": "v", "list": ["a", 1, True]}
 
 
 def test_unknown_config_keys_pass_through_and_null_keys_are_left_out(helm):
-    m = render(helm, sets={"config.broker.prefetch": 16, "config.telemetry.log_format": "null",
-                           "config.tracing.sample_ratio": 0.25})
+    m = render(helm, values={"config": {"broker": {"prefetch": 16},
+                                        "telemetry": {"log_format": None},
+                                        "tracing": {"sample_ratio": 0.25, "sampler": {"kind": "ratio"}}}})
     cfg = worker_toml(m)
     assert cfg["broker"]["prefetch"] == 16
     assert "log_format" not in cfg["telemetry"]
-    assert cfg["tracing"] == {"sample_ratio": 0.25}
+    assert cfg["tracing"] == {"sample_ratio": 0.25, "sampler": {"kind": "ratio"}}
 
 
 def test_config_change_rolls_the_pods(helm):
@@ -505,7 +506,6 @@ def test_custom_resources_are_only_the_optional_ones(helm):
     "sets, message",
     [
         ({"kvm.mode": "passthrough"}, "mode"),
-        ({"handlers[0].file": "../etc/passwd"}, "file"),
         ({"image.digest": "latest"}, "digest"),
         ({"replicaCount": "-1"}, "replicaCount"),
         ({"noSuchValue": "1"}, "noSuchValue"),
@@ -516,15 +516,31 @@ def test_schema_refuses_bad_values(helm, sets, message):
     assert message in render_fails(helm, sets=sets)
 
 
+def test_handler_file_names_must_be_plain_configmap_keys(helm):
+    handlers = [{"key": "greet", "file": "../etc/passwd", "source": "function handler(e) {}"}]
+    assert "file" in render_fails(helm, values={"handlers": handlers})
+
+
 def test_duplicate_handler_keys_are_refused(helm):
-    err = render_fails(helm, sets={"handlers[1].key": "greet", "handlers[1].file": "g2.js",
-                                   "handlers[1].source": "function handler(e){return e}"})
+    handlers = [{"key": "greet", "source": "function handler(e) { return e; }"},
+                {"key": "greet", "file": "g2.js", "source": "function handler(e) { return 1; }"}]
+    err = render_fails(helm, values={"handlers": handlers})
     assert 'key "greet" appears twice' in err
 
 
 def test_handler_without_source_needs_an_extra_file(helm):
-    err = render_fails(helm, sets={"handlers[0].source": "null"})
+    err = render_fails(helm, values={"handlers": [{"key": "greet"}]})
     assert 'handler "greet" has no source and extraFiles has no "greet.js"' in err
+    m = render(helm, values={"handlers": [{"key": "greet"}],
+                             "extraFiles": {"greet.js": "function handler(e) { return e; }"}})
+    assert m.one("ConfigMap")["data"]["greet.js"].startswith("function handler")
+
+
+def test_two_handlers_may_not_write_the_same_file(helm):
+    handlers = [{"key": "a", "file": "x.js", "source": "function handler(e) { return 1; }"},
+                {"key": "b", "file": "x.js", "source": "function handler(e) { return 2; }"}]
+    err = render_fails(helm, values={"handlers": handlers})
+    assert 'file "x.js" of handler "b" is already used by handler "a"' in err
 
 
 def test_no_handlers_is_refused_unless_the_config_is_external(helm):

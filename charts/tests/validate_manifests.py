@@ -38,6 +38,7 @@ def main() -> int:
             if (doc.get("apiVersion"), doc.get("kind")) in CUSTOM_RESOURCES:
                 print(f"{what}: custom resource, schema check skipped (shape tested by pytest)")
                 continue
+            valid = []
             for version in args.kube_version:
                 try:
                     kubernetes_validate.validate(doc, version, strict=True)
@@ -48,7 +49,9 @@ def main() -> int:
                     print(f"{what}: no schema for Kubernetes {version}: {e}")
                     failures += 1
                 else:
-                    print(f"{what}: valid for Kubernetes {version}")
+                    valid.append(version)
+            if valid:
+                print(f"{what}: valid for Kubernetes {', '.join(valid)}")
     if failures:
         print(f"{failures} validation failure(s)")
         return 1

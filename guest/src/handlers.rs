@@ -7,7 +7,7 @@ use hyperlight_js_abi::{GuestErrorKind, encode_err, encode_ok};
 use rquickjs::promise::PromiseState;
 use rquickjs::{Ctx, Function, Persistent, Promise, Value};
 
-use crate::runtime::{Js, with_js};
+use crate::runtime::{BYTES_TAG, Js, with_js};
 
 /// A failure on its way to the host.
 pub struct Failure {
@@ -70,7 +70,12 @@ pub fn call(key: &str, event: &str, gc: bool) -> Result<String, Failure> {
         })?;
         let result = ctx.with(|ctx| {
             let f: Function = handler.restore(&ctx).map_err(|e| failure_from(&ctx, e))?;
-            let event: Value = ctx.json_parse(event).map_err(|e| failure_from(&ctx, e))?;
+            let event: Value = if event.contains(BYTES_TAG) {
+                let parse: Function = ctx.globals().get("__hl_parse").map_err(|e| failure_from(&ctx, e))?;
+                parse.call((event,)).map_err(|e| failure_from(&ctx, e))?
+            } else {
+                ctx.json_parse(event).map_err(|e| failure_from(&ctx, e))?
+            };
             let value: Value = f.call((event,)).map_err(|e| failure_from(&ctx, e))?;
             let value = settle(&ctx, value)?;
             let json = match ctx.json_stringify(value) {

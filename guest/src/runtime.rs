@@ -6,8 +6,11 @@ use alloc::string::{String, ToString};
 use core::cell::{Cell, RefCell};
 
 use hyperlight_js_abi::{GuestErrorKind, console_level};
+use rquickjs::allocator::RustAllocator;
 use rquickjs::function::Rest;
-use rquickjs::{Context, Ctx, Exception, Function, Object, Persistent, Runtime, Value};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use rquickjs::{Context, Ctx, Exception, Function, Object, Persistent, Runtime, TypedArray, Value};
 
 use crate::handlers::Failure;
 
@@ -77,7 +80,9 @@ pub fn load(max_stack: usize, memory_limit: usize, output_limit: usize, host_fns
     if guard.is_some() {
         return Err(Failure::new(GuestErrorKind::RuntimeState, "the JavaScript runtime is already loaded"));
     }
-    let rt = Runtime::new().map_err(internal)?;
+    // QuickJS allocates through Rust's allocator so that exhaustion returns
+    // NULL (a catchable "out of memory") instead of libc malloc's abort.
+    let rt = Runtime::new_with_alloc(RustAllocator).map_err(internal)?;
     rt.set_memory_limit(memory_limit);
     rt.set_max_stack_size(max_stack);
     let ctx = Context::full(&rt).map_err(internal)?;
@@ -108,6 +113,21 @@ const CONSOLE_PRELUDE: &str = r#"(function (out) {
   globalThis.console = { debug: mk(DEBUG), log: mk(INFO), info: mk(INFO), warn: mk(WARN), error: mk(ERROR) };
 })"#;
 
+/// Binary data crosses the JSON boundary as `{"__hl_bytes": "<base64>"}`:
+/// `toJSON` on Uint8Array/ArrayBuffer encodes results at no cost to other
+/// values, and a reviver (used only when the event mentions the tag) decodes.
+const BYTES_PRELUDE: &str = r#"(function (enc, dec) {
+  const def = (proto, f) => Object.defineProperty(proto, 'toJSON', { value: f, writable: true, configurable: true });
+  def(Uint8Array.prototype, function () { return { 'TAG': enc(this) }; });
+  def(ArrayBuffer.prototype, function () { return { 'TAG': enc(new Uint8Array(this)) }; });
+  const revive = (k, v) => (v !== null && typeof v === 'object' && typeof v['TAG'] === 'string'
+    && Object.keys(v).length === 1) ? dec(v['TAG']) : v;
+  Object.defineProperty(globalThis, '__hl_parse', { value: (text) => JSON.parse(text, revive) });
+})"#;
+
+/// The tag of binary values in JSON (see [`BYTES_PRELUDE`]).
+pub const BYTES_TAG: &str = "__hl_bytes";
+
 fn install_globals<'js>(ctx: &Ctx<'js>, host_fns: &str) -> rquickjs::Result<()> {
     let globals = ctx.globals();
 
@@ -119,6 +139,18 @@ fn install_globals<'js>(ctx: &Ctx<'js>, host_fns: &str) -> rquickjs::Result<()> 
         .replace("ERROR", &console_level::ERROR.to_string());
     let install: Function = ctx.eval(prelude)?;
     install.call::<_, ()>((out,))?;
+
+    let encode = Function::new(ctx.clone(), |bytes: TypedArray<'js, u8>| -> String {
+        BASE64.encode(bytes.as_bytes().unwrap_or_default())
+    })?;
+    let decode = Function::new(ctx.clone(), |ctx: Ctx<'js>, text: String| -> rquickjs::Result<TypedArray<'js, u8>> {
+        let bytes = BASE64
+            .decode(text.as_bytes())
+            .map_err(|e| Exception::throw_type(&ctx, &format!("invalid base64 in {BYTES_TAG}: {e}")))?;
+        TypedArray::new(ctx.clone(), bytes)
+    })?;
+    let install: Function = ctx.eval(BYTES_PRELUDE.replace("TAG", BYTES_TAG))?;
+    install.call::<_, ()>((encode, decode))?;
 
     let math: Object = globals.get("Math")?;
     math.set("random", Function::new(ctx.clone(), next_random)?)?;

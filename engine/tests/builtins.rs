@@ -1,0 +1,172 @@
+//! The JavaScript environment handlers see: built-ins, real time, seeded
+//! randomness, promises, console output and binary data.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use common::{require_kvm, sandbox};
+use hyperlight_js_engine::{CallOptions, LoadedJSSandbox, SandboxBuilder};
+use serde_json::{Value, json};
+
+fn load(code: &str) -> LoadedJSSandbox {
+    require_kvm();
+    let mut js = SandboxBuilder::new().build().unwrap().load_runtime().unwrap();
+    js.add_handler("h", code).unwrap();
+    js.get_loaded_sandbox().unwrap()
+}
+
+fn run(sb: &mut LoadedJSSandbox, event: Value) -> Value {
+    sb.call_handler("h", &event, &CallOptions::default()).unwrap()
+}
+
+#[test]
+fn standard_built_ins_work() {
+    let mut sb = load(
+        r#"function handler(e) {
+            const re = /(\w+)@(\w+)\.com/;
+            const m = re.exec(e.mail);
+            const ta = new Float64Array([1.5, 2.5]);
+            const u8 = Uint8Array.from([1, 2, 3]);
+            return {
+                json: JSON.parse(JSON.stringify({ a: [1, { b: 2 }] })),
+                sqrt: Math.sqrt(2),
+                pow: Math.pow(2, 10),
+                floor: Math.floor(-1.5),
+                trig: Math.round(Math.sin(Math.PI / 2) * 1000) / 1000,
+                str: 'abc'.toUpperCase().padStart(5, '-') + 'x,y'.split(',').join('+'),
+                arr: [3, 1, 2].sort().map(x => x * 2).filter(x => x > 2).reduce((a, b) => a + b, 0),
+                re: m ? [m[1], m[2]] : null,
+                typed: ta[0] + ta[1] + u8.reduce((a, b) => a + b, 0),
+                date: new Date(Date.UTC(2020, 1, 29)).toISOString(),
+                num: (1234.5678).toFixed(2),
+                parse: parseFloat('3.25') + parseInt('ff', 16),
+                big: (2n ** 64n).toString(),
+                map: [...new Map([[1, 'a']]).entries()],
+            };
+        }"#,
+    );
+    let out = run(&mut sb, json!({"mail": "ada@example.com"}));
+    assert_eq!(out["json"], json!({"a": [1, {"b": 2}]}));
+    assert_eq!(out["sqrt"], json!(std::f64::consts::SQRT_2));
+    assert_eq!(out["pow"], json!(1024));
+    assert_eq!(out["floor"], json!(-2));
+    assert_eq!(out["trig"], json!(1));
+    assert_eq!(out["str"], json!("--ABCx+y"));
+    assert_eq!(out["arr"], json!(10));
+    assert_eq!(out["re"], json!(["ada", "example"]));
+    assert_eq!(out["typed"], json!(10));
+    assert_eq!(out["date"], json!("2020-02-29T00:00:00.000Z"));
+    assert_eq!(out["num"], json!("1234.57"));
+    assert_eq!(out["parse"], json!(258.25));
+    assert_eq!(out["big"], json!("18446744073709551616"));
+    assert_eq!(out["map"], json!([[1, "a"]]));
+}
+
+#[test]
+fn date_now_is_real_time() {
+    let mut sb = load("function handler() { return [Date.now(), new Date().getTime(), Date.now()]; }");
+    let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as f64;
+    let out = run(&mut sb, json!(null));
+    let after = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as f64;
+    for t in out.as_array().unwrap() {
+        let t = t.as_f64().unwrap();
+        assert!(t >= before - 1.0 && t <= after + 1.0, "{t} not within [{before}, {after}]");
+    }
+    // A second call sees time move forward by real time, not one second per read.
+    let again = run(&mut sb, json!(null));
+    let d = again[0].as_f64().unwrap() - out[2].as_f64().unwrap();
+    assert!((0.0..5_000.0).contains(&d), "clock jumped by {d} ms");
+}
+
+#[test]
+fn math_random_differs_between_sandboxes_and_after_restore() {
+    let (mut a, snap) = sandbox();
+    let (mut b, _) = sandbox();
+    let ra = a.call_handler("random", &json!({}), &CallOptions::default()).unwrap();
+    let rb = b.call_handler("random", &json!({}), &CallOptions::default()).unwrap();
+    assert_ne!(ra, rb, "two sandboxes from one snapshot share a random sequence");
+    a.restore(&snap).unwrap();
+    let ra2 = a.call_handler("random", &json!({}), &CallOptions::default()).unwrap();
+    assert_ne!(ra, ra2, "restore replays the same random sequence");
+    for v in ra.as_array().unwrap().iter().chain(rb.as_array().unwrap()) {
+        let x = v.as_f64().unwrap();
+        assert!((0.0..1.0).contains(&x));
+    }
+}
+
+#[test]
+fn async_handlers_and_promises_resolve() {
+    let mut sb = load(
+        "async function handler(e) { const a = await Promise.resolve(e.x); const b = await new Promise(r => r(a * 2)); return { a, b }; }",
+    );
+    assert_eq!(run(&mut sb, json!({"x": 21})), json!({"a": 21, "b": 42}));
+}
+
+#[test]
+fn binary_data_crosses_as_tagged_base64() {
+    let mut sb = load(
+        "function handler(e) { const b = e.data; if (!(b instanceof Uint8Array)) throw new Error('not bytes'); return { len: b.length, rev: Uint8Array.from(b).reverse(), buf: b.buffer.slice(0, 1) }; }",
+    );
+    let out = run(&mut sb, json!({"data": {"__hl_bytes": "AQID"}}));
+    assert_eq!(out, json!({"len": 3, "rev": {"__hl_bytes": "AwIB"}, "buf": {"__hl_bytes": "AQ=="}}));
+}
+
+/// Collects console lines that reach the host as tracing events.
+#[derive(Clone, Default)]
+struct Lines(Arc<Mutex<Vec<(tracing::Level, String)>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Lines {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        if event.metadata().target() != "hyperlight_js::console" {
+            return;
+        }
+        struct Msg(String);
+        impl tracing::field::Visit for Msg {
+            fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
+                if f.name() == "message" {
+                    self.0 = format!("{v:?}");
+                }
+            }
+        }
+        let mut m = Msg(String::new());
+        event.record(&mut m);
+        self.0.lock().unwrap().push((*event.metadata().level(), m.0));
+    }
+}
+
+#[test]
+fn console_output_reaches_the_host_as_tracing_events() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let lines = Lines::default();
+    let subscriber = tracing_subscriber::registry().with(lines.clone());
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let mut sb = load("function handler(e) { console.log('hello', e, 42); console.error(new Error('bad')); console.warn('w'); return 1; }");
+    run(&mut sb, json!({"a": 1}));
+    let got = lines.0.lock().unwrap().clone();
+    assert_eq!(got[0], (tracing::Level::INFO, "hello {\"a\":1} 42".to_string()));
+    assert_eq!(got[1].0, tracing::Level::ERROR);
+    assert!(got[1].1.starts_with("Error: bad"), "{:?}", got[1]);
+    assert_eq!(got[2], (tracing::Level::WARN, "w".to_string()));
+}
+
+#[test]
+fn host_functions_are_callable_from_handlers() {
+    require_kvm();
+    let mut proto = SandboxBuilder::new().build().unwrap();
+    proto
+        .register_host_function("math", "add", |args| {
+            let a = args[0].as_f64().ok_or("a is not a number")?;
+            let b = args[1].as_f64().ok_or("b is not a number")?;
+            Ok(json!(a + b))
+        })
+        .unwrap();
+    proto.register_host_function("math", "fail", |_| Err("no luck".into())).unwrap();
+    assert_eq!(proto.register_host_function("bad name", "x", |_| Ok(json!(0))).unwrap_err().code(), "ERR_INVALID_ARG");
+    let mut js = proto.load_runtime().unwrap();
+    js.add_handler("h", "function handler(e) { let m; try { host.math.fail(); } catch (err) { m = err.message; } return [host.math.add(e.a, 2), m]; }").unwrap();
+    let mut sb = js.get_loaded_sandbox().unwrap();
+    let out = run(&mut sb, json!({"a": 40}));
+    assert_eq!(out[0], json!(42));
+    assert!(out[1].as_str().unwrap().contains("no luck"), "{out}");
+}
