@@ -21,8 +21,17 @@ fn main() {
 
 fn run() -> Result<(), String> {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").map_err(|e| e.to_string())?);
-    let root = manifest_dir.parent().ok_or("engine/ has no parent")?.to_path_buf();
-    for dir in ["guest/src", "guest/Cargo.toml", "abi/src", "abi/Cargo.toml", "Cargo.lock"] {
+    let root = manifest_dir
+        .parent()
+        .ok_or("engine/ has no parent")?
+        .to_path_buf();
+    for dir in [
+        "guest/src",
+        "guest/Cargo.toml",
+        "abi/src",
+        "abi/Cargo.toml",
+        "Cargo.lock",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     for var in ["HYPERLIGHT_JS_GUEST_CC", "HYPERLIGHT_JS_GUEST_AR"] {
@@ -77,8 +86,19 @@ fn run() -> Result<(), String> {
         common.push(inc.display().to_string());
     }
     // No SSE and no x87 in C: doubles become soft-float libcalls (compiler_builtins).
-    let soft_float = ["-mno-sse", "-mno-sse2", "-Xclang", "-target-feature", "-Xclang", "+soft-float"];
-    let cflags: Vec<String> = common.iter().cloned().chain(soft_float.iter().map(|s| s.to_string())).collect();
+    let soft_float = [
+        "-mno-sse",
+        "-mno-sse2",
+        "-Xclang",
+        "-target-feature",
+        "-Xclang",
+        "+soft-float",
+    ];
+    let cflags: Vec<String> = common
+        .iter()
+        .cloned()
+        .chain(soft_float.iter().map(|s| s.to_string()))
+        .collect();
 
     let rustflags = [
         "--cfg=hyperlight",
@@ -90,13 +110,25 @@ fn run() -> Result<(), String> {
 
     let mut cmd = Command::new(&cargo);
     cmd.current_dir(&root)
-        .args(["build", "--release", "--locked", "-p", "hyperlight-js-guest", "--target", GUEST_TARGET])
+        .args([
+            "build",
+            "--release",
+            "--locked",
+            "-p",
+            "hyperlight-js-guest",
+            "--target",
+            GUEST_TARGET,
+        ])
         .arg("--target-dir")
         .arg(&guest_target_dir);
     // The outer build's settings must not leak into the nested one.
     for (key, _) in env::vars_os() {
         let key = key.to_string_lossy().into_owned();
-        if key.starts_with("CARGO_") && key != "CARGO_HOME" || key == "RUSTFLAGS" || key == "OUT_DIR" || key == "TARGET" {
+        if key.starts_with("CARGO_") && key != "CARGO_HOME"
+            || key == "RUSTFLAGS"
+            || key == "OUT_DIR"
+            || key == "TARGET"
+        {
             cmd.env_remove(&key);
         }
     }
@@ -104,9 +136,14 @@ fn run() -> Result<(), String> {
         .env("CC_x86_64_unknown_none", &cc)
         .env("AR_x86_64_unknown_none", &ar)
         .env("CFLAGS_x86_64_unknown_none", cflags.join(" "))
-        .env("BINDGEN_EXTRA_CLANG_ARGS_x86_64_unknown_none", common.join(" "))
+        .env(
+            "BINDGEN_EXTRA_CLANG_ARGS_x86_64_unknown_none",
+            common.join(" "),
+        )
         .env("HYPERLIGHT_GUEST_clang", &cc);
-    let status = cmd.status().map_err(|e| format!("cannot run {cargo}: {e}"))?;
+    let status = cmd
+        .status()
+        .map_err(|e| format!("cannot run {cargo}: {e}"))?;
     if !status.success() {
         return Err(format!(
             "`cargo build -p hyperlight-js-guest --target {GUEST_TARGET}` failed ({status}); \
@@ -114,10 +151,16 @@ fn run() -> Result<(), String> {
         ));
     }
 
-    let guest = guest_target_dir.join(GUEST_TARGET).join("release").join("hyperlight-js-guest");
+    let guest = guest_target_dir
+        .join(GUEST_TARGET)
+        .join("release")
+        .join("hyperlight-js-guest");
     let embedded = out_dir.join("hyperlight-js-guest");
     std::fs::copy(&guest, &embedded).map_err(|e| format!("copy {}: {e}", guest.display()))?;
-    println!("cargo:rustc-env=HYPERLIGHT_JS_GUEST_PATH={}", embedded.display());
+    println!(
+        "cargo:rustc-env=HYPERLIGHT_JS_GUEST_PATH={}",
+        embedded.display()
+    );
     Ok(())
 }
 
@@ -125,12 +168,22 @@ fn run() -> Result<(), String> {
 fn hyperlight_libc_dir(cargo: &str, root: &Path) -> Result<PathBuf, String> {
     let out = Command::new(cargo)
         .current_dir(root)
-        .args(["metadata", "--format-version", "1", "--locked", "--filter-platform", GUEST_TARGET])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--locked",
+            "--filter-platform",
+            GUEST_TARGET,
+        ])
         .env_remove("CARGO_TARGET_DIR")
         .output()
         .map_err(|e| format!("cargo metadata: {e}"))?;
     if !out.status.success() {
-        return Err(format!("cargo metadata: {}", String::from_utf8_lossy(&out.stderr)));
+        return Err(format!(
+            "cargo metadata: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
     }
     let meta: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
     let manifest = meta["packages"]
@@ -145,8 +198,20 @@ fn hyperlight_libc_dir(cargo: &str, root: &Path) -> Result<PathBuf, String> {
 }
 
 fn find_llvm_ar() -> String {
-    for name in ["llvm-ar", "llvm-ar-19", "llvm-ar-18", "llvm-ar-17", "llvm-ar-16", "llvm-ar-15", "llvm-ar-14"] {
-        if Command::new(name).arg("--version").output().is_ok_and(|o| o.status.success()) {
+    for name in [
+        "llvm-ar",
+        "llvm-ar-19",
+        "llvm-ar-18",
+        "llvm-ar-17",
+        "llvm-ar-16",
+        "llvm-ar-15",
+        "llvm-ar-14",
+    ] {
+        if Command::new(name)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
             return name.into();
         }
     }

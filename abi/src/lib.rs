@@ -169,7 +169,10 @@ mod tests {
 
     #[test]
     fn ok_frames_round_trip() {
-        assert_eq!(decode(encode_ok("{\"a\":1}")), Some(Ok("{\"a\":1}".to_string())));
+        assert_eq!(
+            decode(encode_ok("{\"a\":1}")),
+            Some(Ok("{\"a\":1}".to_string()))
+        );
     }
 
     #[test]

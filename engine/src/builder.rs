@@ -73,13 +73,19 @@ impl SandboxConfig {
 
     /// QuickJS's recursion limit.
     pub(crate) fn js_stack_limit(&self) -> u64 {
-        self.stack_size.saturating_sub(STACK_RESERVE).max(STACK_RESERVE)
+        self.stack_size
+            .saturating_sub(STACK_RESERVE)
+            .max(STACK_RESERVE)
     }
 
     fn scratch_size(&self) -> u64 {
         // Scratch holds every page written since the last snapshot (copy-on-write),
         // the on-demand stack and the transport buffers.
-        (self.heap_size + self.stack_size + self.input_buffer_size + self.output_buffer_size + SCRATCH_SLACK)
+        (self.heap_size
+            + self.stack_size
+            + self.input_buffer_size
+            + self.output_buffer_size
+            + SCRATCH_SLACK)
             .next_multiple_of(64 * 1024)
     }
 }
@@ -87,7 +93,9 @@ impl SandboxConfig {
 /// Checks that a size or count is greater than zero (`ERR_INVALID_ARG`).
 pub fn positive(name: &str, value: u64) -> Result<u64> {
     if value == 0 {
-        return Err(Error::InvalidArgument(format!("{name} must be greater than zero")));
+        return Err(Error::InvalidArgument(format!(
+            "{name} must be greater than zero"
+        )));
     }
     Ok(value)
 }
@@ -181,10 +189,11 @@ impl SandboxBuilder {
         let sandbox = host_functions::install(builder, &registry)
             .build()
             .map_err(crate::error_map::from_hyperlight)?;
-        Ok(ProtoJSSandbox::new(sandbox, config, registry))
+        Ok(ProtoJSSandbox::new(Box::new(sandbox), config, registry))
     }
 }
 
 fn usize_of(v: u64) -> Result<usize> {
-    usize::try_from(v).map_err(|_| Error::InvalidArgument(format!("{v} bytes does not fit this platform")))
+    usize::try_from(v)
+        .map_err(|_| Error::InvalidArgument(format!("{v} bytes does not fit this platform")))
 }

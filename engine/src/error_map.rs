@@ -19,8 +19,14 @@ pub(crate) fn from_hyperlight(e: HyperlightError) -> Error {
 /// Maps a failure the guest reported in its reply.
 pub(crate) fn from_guest(key: &str, f: GuestFailure) -> Error {
     match f.kind {
-        GuestErrorKind::HandlerThrew => Error::HandlerThrew { message: f.message, stack: f.stack },
-        GuestErrorKind::Compile => Error::Compile { key: key.to_string(), message: f.message },
+        GuestErrorKind::HandlerThrew => Error::HandlerThrew {
+            message: f.message,
+            stack: f.stack,
+        },
+        GuestErrorKind::Compile => Error::Compile {
+            key: key.to_string(),
+            message: f.message,
+        },
         GuestErrorKind::UnknownHandler => Error::UnknownHandler(key.to_string()),
         GuestErrorKind::ResultNotJson => Error::ResultNotJson(f.message),
         GuestErrorKind::OutputTooLarge => Error::OutputTooLarge(f.message),

@@ -35,7 +35,8 @@ impl HostRegistry {
     fn call(&self, module: &str, function: &str, args_json: &str) -> String {
         let f = {
             let map = self.0.read().unwrap_or_else(|p| p.into_inner());
-            map.get(&(module.to_string(), function.to_string())).cloned()
+            map.get(&(module.to_string(), function.to_string()))
+                .cloned()
         };
         let Some(f) = f else {
             return encode_err(GuestErrorKind::UnknownHandler, "no such host function", "");
@@ -61,7 +62,9 @@ pub(crate) fn install(
     let registry = registry.clone();
     builder
         .host_function(host_fn::NOW_MICROS, || -> u64 {
-            SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64)
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as u64)
         })
         .host_function(host_fn::CONSOLE, |level: i32, line: String| -> i32 {
             match level {
@@ -72,9 +75,12 @@ pub(crate) fn install(
             }
             0
         })
-        .host_function(host_fn::CALL, move |module: String, function: String, args: String| -> String {
-            registry.call(&module, &function, &args)
-        })
+        .host_function(
+            host_fn::CALL,
+            move |module: String, function: String, args: String| -> String {
+                registry.call(&module, &function, &args)
+            },
+        )
         .host_print(|s: String| -> i32 {
             tracing::info!(target: "hyperlight_js::guest", "{s}");
             s.len() as i32

@@ -18,7 +18,10 @@ pub struct InterruptHandle {
 
 impl InterruptHandle {
     pub(crate) fn new(vm: Arc<dyn HlInterruptHandle>) -> Self {
-        Self { vm, killed: Arc::new(AtomicBool::new(false)) }
+        Self {
+            vm,
+            killed: Arc::new(AtomicBool::new(false)),
+        }
     }
 
     /// Stops the running handler; the call fails with `ERR_CANCELLED`.

@@ -17,30 +17,41 @@ use crate::loaded::{LoadedJSSandbox, Shared};
 /// A sandbox with the JavaScript runtime loaded. Add handlers by routing key,
 /// then [`get_loaded_sandbox`](Self::get_loaded_sandbox) compiles them in the VM.
 pub struct JSSandbox {
-    sandbox: Sandbox,
+    /// Boxed: hyperlight's sandbox is ~2 KB and every transition moves it.
+    sandbox: Box<Sandbox>,
     shared: Arc<Shared>,
     handlers: BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for JSSandbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JSSandbox").field("handlers", &self.handlers.keys()).finish_non_exhaustive()
+        f.debug_struct("JSSandbox")
+            .field("handlers", &self.handlers.keys())
+            .finish_non_exhaustive()
     }
 }
 
 impl JSSandbox {
     pub(crate) fn new(
-        sandbox: Sandbox,
+        sandbox: Box<Sandbox>,
         config: SandboxConfig,
         registry: HostRegistry,
         runtime_snapshot: Arc<HlSnapshot>,
     ) -> Self {
-        let shared = Arc::new(Shared { config, registry, runtime_snapshot });
+        let shared = Arc::new(Shared {
+            config,
+            registry,
+            runtime_snapshot,
+        });
         Self::from_parts(sandbox, shared)
     }
 
-    pub(crate) fn from_parts(sandbox: Sandbox, shared: Arc<Shared>) -> Self {
-        Self { sandbox, shared, handlers: BTreeMap::new() }
+    pub(crate) fn from_parts(sandbox: Box<Sandbox>, shared: Arc<Shared>) -> Self {
+        Self {
+            sandbox,
+            shared,
+            handlers: BTreeMap::new(),
+        }
     }
 
     /// Adds (or replaces) the handler for `key`. The code must define
@@ -75,7 +86,10 @@ impl JSSandbox {
             // Drop whatever was compiled before the failure.
             return match self.sandbox.restore(self.shared.runtime_snapshot.clone()) {
                 Ok(()) => Err(TransitionError { error, state: self }),
-                Err(e) => Err(TransitionError { error: error_map::from_hyperlight(e), state: self }),
+                Err(e) => Err(TransitionError {
+                    error: error_map::from_hyperlight(e),
+                    state: self,
+                }),
             };
         }
         let keys = self.handlers.into_keys().collect();
@@ -96,7 +110,9 @@ impl JSSandbox {
 
 pub(crate) fn check_key(key: &str) -> Result<()> {
     if key.is_empty() {
-        return Err(Error::InvalidArgument("the routing key must not be empty".into()));
+        return Err(Error::InvalidArgument(
+            "the routing key must not be empty".into(),
+        ));
     }
     Ok(())
 }

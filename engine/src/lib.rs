@@ -42,3 +42,8 @@ pub use snapshot::Snapshot;
 pub fn hypervisor_available() -> bool {
     hyperlight_host::is_hypervisor_present()
 }
+
+/// The README's Rust example is compiled and run as a doctest, so it cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;

@@ -42,7 +42,11 @@ pub struct CallOptions {
 
 impl Default for CallOptions {
     fn default() -> Self {
-        Self { wall_clock_timeout: None, cpu_timeout: None, gc: true }
+        Self {
+            wall_clock_timeout: None,
+            cpu_timeout: None,
+            gc: true,
+        }
     }
 }
 
@@ -72,7 +76,8 @@ impl CallOptions {
 /// From async code, run them on a blocking thread, e.g.
 /// `tokio::task::spawn_blocking(move || { let r = sb.call_handler(..); (sb, r) })`.
 pub struct LoadedJSSandbox {
-    sandbox: Sandbox,
+    /// Boxed: hyperlight's sandbox is ~2 KB and every transition moves it.
+    sandbox: Box<Sandbox>,
     shared: Arc<Shared>,
     handlers: Arc<BTreeSet<String>>,
     interrupt: InterruptHandle,
@@ -91,9 +96,19 @@ impl std::fmt::Debug for LoadedJSSandbox {
 }
 
 impl LoadedJSSandbox {
-    pub(crate) fn new(sandbox: Sandbox, shared: Arc<Shared>, handlers: BTreeSet<String>) -> Self {
+    pub(crate) fn new(
+        sandbox: Box<Sandbox>,
+        shared: Arc<Shared>,
+        handlers: BTreeSet<String>,
+    ) -> Self {
         let interrupt = InterruptHandle::new(sandbox.interrupt_handle());
-        Self { sandbox, shared, handlers: Arc::new(handlers), interrupt, reseed: true }
+        Self {
+            sandbox,
+            shared,
+            handlers: Arc::new(handlers),
+            interrupt,
+            reseed: true,
+        }
     }
 
     /// A new, independent sandbox in the state `snapshot` captured: same
@@ -106,22 +121,33 @@ impl LoadedJSSandbox {
         let sandbox = host_functions::install(builder, &shared.registry)
             .build()
             .map_err(error_map::from_hyperlight)?;
-        let mut loaded = Self::new(sandbox, shared, BTreeSet::new());
+        let mut loaded = Self::new(Box::new(sandbox), shared, BTreeSet::new());
         loaded.handlers = snapshot.handlers.clone();
         Ok(loaded)
     }
 
     /// Runs the handler registered under `key` on `event`, returning its result.
-    pub fn call_handler(&mut self, key: &str, event: &Value, options: &CallOptions) -> Result<Value> {
+    pub fn call_handler(
+        &mut self,
+        key: &str,
+        event: &Value,
+        options: &CallOptions,
+    ) -> Result<Value> {
         let event = serde_json::to_string(event).map_err(|e| Error::InvalidJson(e.to_string()))?;
         let json = self.call_handler_json(key, &event, options)?;
-        serde_json::from_str(&json).map_err(|e| Error::Internal(format!("the guest returned invalid JSON: {e}")))
+        serde_json::from_str(&json)
+            .map_err(|e| Error::Internal(format!("the guest returned invalid JSON: {e}")))
     }
 
     /// Like [`call_handler`](Self::call_handler) with the event and result as
     /// JSON text; the event is validated (`ERR_INVALID_JSON`) but not re-encoded.
     #[instrument(name = "sandbox.call", skip(self, event, options), fields(bytes = event.len()), err(Display))]
-    pub fn call_handler_json(&mut self, key: &str, event: &str, options: &CallOptions) -> Result<String> {
+    pub fn call_handler_json(
+        &mut self,
+        key: &str,
+        event: &str,
+        options: &CallOptions,
+    ) -> Result<String> {
         check_key(key)?;
         let limits = Limits::validated(options.wall_clock_timeout, options.cpu_timeout)?;
         if self.poisoned() {
@@ -132,7 +158,10 @@ impl LoadedJSSandbox {
         }
         let limit = self.shared.config.input_buffer_size as usize;
         if event.len() > limit {
-            return Err(Error::InputTooLarge { size: event.len(), limit });
+            return Err(Error::InputTooLarge {
+                size: event.len(),
+                limit,
+            });
         }
         serde_json::from_str::<IgnoredAny>(event).map_err(|e| Error::InvalidJson(e.to_string()))?;
 
@@ -140,9 +169,10 @@ impl LoadedJSSandbox {
         self.interrupt.arm();
         // Fail closed: no monitor, no run.
         let mut guard = Monitors::start(limits, self.interrupt.vm())?;
-        let result: std::result::Result<String, HyperlightError> = self
-            .sandbox
-            .call(guest_fn::CALL_HANDLER, (key.to_string(), event.to_string(), options.gc, seed));
+        let result: std::result::Result<String, HyperlightError> = self.sandbox.call(
+            guest_fn::CALL_HANDLER,
+            (key.to_string(), event.to_string(), options.gc, seed),
+        );
         let fired = guard.as_mut().and_then(|g| g.finish());
         drop(guard);
         match result {
@@ -176,8 +206,15 @@ impl LoadedJSSandbox {
         if self.poisoned() {
             return Err(Error::Poisoned);
         }
-        let hl = self.sandbox.snapshot().map_err(error_map::from_hyperlight)?;
-        Ok(Snapshot { hl, handlers: self.handlers.clone(), shared: self.shared.clone() })
+        let hl = self
+            .sandbox
+            .snapshot()
+            .map_err(error_map::from_hyperlight)?;
+        Ok(Snapshot {
+            hl,
+            handlers: self.handlers.clone(),
+            shared: self.shared.clone(),
+        })
     }
 
     /// Rolls the sandbox back to `snapshot`; clears the poisoned state.
@@ -188,7 +225,9 @@ impl LoadedJSSandbox {
                 "the snapshot was taken from a different sandbox lineage".into(),
             ));
         }
-        self.sandbox.restore(snapshot.hl.clone()).map_err(error_map::from_hyperlight)?;
+        self.sandbox
+            .restore(snapshot.hl.clone())
+            .map_err(error_map::from_hyperlight)?;
         self.handlers = snapshot.handlers.clone();
         self.reseed = true;
         Ok(())
@@ -235,6 +274,10 @@ fn fresh_seed() -> u64 {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
     h.finish() | 1
 }

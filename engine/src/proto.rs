@@ -16,20 +16,31 @@ use crate::js_sandbox::JSSandbox;
 /// A micro-VM with the guest started. Register host functions here, then
 /// [`load_runtime`](Self::load_runtime).
 pub struct ProtoJSSandbox {
-    sandbox: Sandbox,
+    /// Boxed: hyperlight's sandbox is ~2 KB and every transition moves it.
+    sandbox: Box<Sandbox>,
     config: SandboxConfig,
     registry: HostRegistry,
 }
 
 impl std::fmt::Debug for ProtoJSSandbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProtoJSSandbox").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("ProtoJSSandbox")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
 impl ProtoJSSandbox {
-    pub(crate) fn new(sandbox: Sandbox, config: SandboxConfig, registry: HostRegistry) -> Self {
-        Self { sandbox, config, registry }
+    pub(crate) fn new(
+        sandbox: Box<Sandbox>,
+        config: SandboxConfig,
+        registry: HostRegistry,
+    ) -> Self {
+        Self {
+            sandbox,
+            config,
+            registry,
+        }
     }
 
     /// Registers a host function that handlers call as
@@ -45,7 +56,9 @@ impl ProtoJSSandbox {
     ) -> Result<()> {
         for (what, name) in [("module", module), ("function", function)] {
             let valid = !name.is_empty()
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
                 && !name.starts_with(|c: char| c.is_ascii_digit());
             if !valid {
                 return Err(Error::InvalidArgument(format!(
@@ -66,11 +79,24 @@ impl ProtoJSSandbox {
             .sandbox
             .call(
                 guest_fn::LOAD_RUNTIME,
-                (c.js_stack_limit(), c.js_memory_limit(), c.output_buffer_size, self.registry.manifest()),
+                (
+                    c.js_stack_limit(),
+                    c.js_memory_limit(),
+                    c.output_buffer_size,
+                    self.registry.manifest(),
+                ),
             )
             .map_err(error_map::from_hyperlight)?;
         error_map::reply("", frame)?;
-        let runtime_snapshot = self.sandbox.snapshot().map_err(error_map::from_hyperlight)?;
-        Ok(JSSandbox::new(self.sandbox, self.config, self.registry, runtime_snapshot))
+        let runtime_snapshot = self
+            .sandbox
+            .snapshot()
+            .map_err(error_map::from_hyperlight)?;
+        Ok(JSSandbox::new(
+            self.sandbox,
+            self.config,
+            self.registry,
+            runtime_snapshot,
+        ))
     }
 }

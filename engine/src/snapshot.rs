@@ -20,6 +20,8 @@ pub struct Snapshot {
 
 impl std::fmt::Debug for Snapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Snapshot").field("handlers", &self.handlers).finish_non_exhaustive()
+        f.debug_struct("Snapshot")
+            .field("handlers", &self.handlers)
+            .finish_non_exhaustive()
     }
 }

@@ -1,5 +1,6 @@
 //! The JavaScript environment handlers see: built-ins, real time, seeded
 //! randomness, promises, console output and binary data.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
@@ -11,13 +12,18 @@ use serde_json::{Value, json};
 
 fn load(code: &str) -> LoadedJSSandbox {
     require_kvm();
-    let mut js = SandboxBuilder::new().build().unwrap().load_runtime().unwrap();
+    let mut js = SandboxBuilder::new()
+        .build()
+        .unwrap()
+        .load_runtime()
+        .unwrap();
     js.add_handler("h", code).unwrap();
     js.get_loaded_sandbox().unwrap()
 }
 
 fn run(sb: &mut LoadedJSSandbox, event: Value) -> Value {
-    sb.call_handler("h", &event, &CallOptions::default()).unwrap()
+    sb.call_handler("h", &event, &CallOptions::default())
+        .unwrap()
 }
 
 #[test]
@@ -65,13 +71,23 @@ fn standard_built_ins_work() {
 
 #[test]
 fn date_now_is_real_time() {
-    let mut sb = load("function handler() { return [Date.now(), new Date().getTime(), Date.now()]; }");
-    let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as f64;
+    let mut sb =
+        load("function handler() { return [Date.now(), new Date().getTime(), Date.now()]; }");
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as f64;
     let out = run(&mut sb, json!(null));
-    let after = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as f64;
+    let after = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as f64;
     for t in out.as_array().unwrap() {
         let t = t.as_f64().unwrap();
-        assert!(t >= before - 1.0 && t <= after + 1.0, "{t} not within [{before}, {after}]");
+        assert!(
+            t >= before - 1.0 && t <= after + 1.0,
+            "{t} not within [{before}, {after}]"
+        );
     }
     // A second call sees time move forward by real time, not one second per read.
     let again = run(&mut sb, json!(null));
@@ -83,11 +99,20 @@ fn date_now_is_real_time() {
 fn math_random_differs_between_sandboxes_and_after_restore() {
     let (mut a, snap) = sandbox();
     let (mut b, _) = sandbox();
-    let ra = a.call_handler("random", &json!({}), &CallOptions::default()).unwrap();
-    let rb = b.call_handler("random", &json!({}), &CallOptions::default()).unwrap();
-    assert_ne!(ra, rb, "two sandboxes from one snapshot share a random sequence");
+    let ra = a
+        .call_handler("random", &json!({}), &CallOptions::default())
+        .unwrap();
+    let rb = b
+        .call_handler("random", &json!({}), &CallOptions::default())
+        .unwrap();
+    assert_ne!(
+        ra, rb,
+        "two sandboxes from one snapshot share a random sequence"
+    );
     a.restore(&snap).unwrap();
-    let ra2 = a.call_handler("random", &json!({}), &CallOptions::default()).unwrap();
+    let ra2 = a
+        .call_handler("random", &json!({}), &CallOptions::default())
+        .unwrap();
     assert_ne!(ra, ra2, "restore replays the same random sequence");
     for v in ra.as_array().unwrap().iter().chain(rb.as_array().unwrap()) {
         let x = v.as_f64().unwrap();
@@ -109,7 +134,10 @@ fn binary_data_crosses_as_tagged_base64() {
         "function handler(e) { const b = e.data; if (!(b instanceof Uint8Array)) throw new Error('not bytes'); return { len: b.length, rev: Uint8Array.from(b).reverse(), buf: b.buffer.slice(0, 1) }; }",
     );
     let out = run(&mut sb, json!({"data": {"__hl_bytes": "AQID"}}));
-    assert_eq!(out, json!({"len": 3, "rev": {"__hl_bytes": "AwIB"}, "buf": {"__hl_bytes": "AQ=="}}));
+    assert_eq!(
+        out,
+        json!({"len": 3, "rev": {"__hl_bytes": "AwIB"}, "buf": {"__hl_bytes": "AQ=="}})
+    );
 }
 
 /// Collects console lines that reach the host as tracing events.
@@ -131,7 +159,10 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Lines {
         }
         let mut m = Msg(String::new());
         event.record(&mut m);
-        self.0.lock().unwrap().push((*event.metadata().level(), m.0));
+        self.0
+            .lock()
+            .unwrap()
+            .push((*event.metadata().level(), m.0));
     }
 }
 
@@ -141,10 +172,15 @@ fn console_output_reaches_the_host_as_tracing_events() {
     let lines = Lines::default();
     let subscriber = tracing_subscriber::registry().with(lines.clone());
     let _guard = tracing::subscriber::set_default(subscriber);
-    let mut sb = load("function handler(e) { console.log('hello', e, 42); console.error(new Error('bad')); console.warn('w'); return 1; }");
+    let mut sb = load(
+        "function handler(e) { console.log('hello', e, 42); console.error(new Error('bad')); console.warn('w'); return 1; }",
+    );
     run(&mut sb, json!({"a": 1}));
     let got = lines.0.lock().unwrap().clone();
-    assert_eq!(got[0], (tracing::Level::INFO, "hello {\"a\":1} 42".to_string()));
+    assert_eq!(
+        got[0],
+        (tracing::Level::INFO, "hello {\"a\":1} 42".to_string())
+    );
     assert_eq!(got[1].0, tracing::Level::ERROR);
     assert!(got[1].1.starts_with("Error: bad"), "{:?}", got[1]);
     assert_eq!(got[2], (tracing::Level::WARN, "w".to_string()));
@@ -161,8 +197,16 @@ fn host_functions_are_callable_from_handlers() {
             Ok(json!(a + b))
         })
         .unwrap();
-    proto.register_host_function("math", "fail", |_| Err("no luck".into())).unwrap();
-    assert_eq!(proto.register_host_function("bad name", "x", |_| Ok(json!(0))).unwrap_err().code(), "ERR_INVALID_ARG");
+    proto
+        .register_host_function("math", "fail", |_| Err("no luck".into()))
+        .unwrap();
+    assert_eq!(
+        proto
+            .register_host_function("bad name", "x", |_| Ok(json!(0)))
+            .unwrap_err()
+            .code(),
+        "ERR_INVALID_ARG"
+    );
     let mut js = proto.load_runtime().unwrap();
     js.add_handler("h", "function handler(e) { let m; try { host.math.fail(); } catch (err) { m = err.message; } return [host.math.add(e.a, 2), m]; }").unwrap();
     let mut sb = js.get_loaded_sandbox().unwrap();

@@ -10,7 +10,12 @@ use crate::runtime;
 
 #[guest_function("LoadRuntime")]
 fn load_runtime(max_stack: u64, memory_limit: u64, output_limit: u64, host_fns: String) -> String {
-    let r = runtime::load(max_stack as usize, memory_limit as usize, output_limit as usize, &host_fns);
+    let r = runtime::load(
+        max_stack as usize,
+        memory_limit as usize,
+        output_limit as usize,
+        &host_fns,
+    );
     reply(r.map(|()| String::from("null")))
 }
 

@@ -19,7 +19,11 @@ pub struct Failure {
 impl Failure {
     /// A failure with no JS stack.
     pub fn new(kind: GuestErrorKind, message: &str) -> Self {
-        Self { kind, message: message.to_string(), stack: String::new() }
+        Self {
+            kind,
+            message: message.to_string(),
+            stack: String::new(),
+        }
     }
 
     /// The framed reply for this failure.
@@ -38,7 +42,7 @@ pub fn register(key: &str, code: &str) -> Result<(), Failure> {
             let wrapped = format!(
                 "(function () {{{code}\n;return typeof handler === 'function' ? handler : undefined;\n}})()"
             );
-            match ctx.eval::<Value, _>(wrapped) {
+            match ctx.eval::<Value<'_>, _>(wrapped) {
                 Ok(v) => match v.into_function() {
                     Some(f) => Ok(Persistent::save(&ctx, f)),
                     None => Err(Failure::new(
@@ -64,19 +68,30 @@ pub fn register(key: &str, code: &str) -> Result<(), Failure> {
 /// Runs the handler under `key` on the JSON `event` and returns its JSON result.
 pub fn call(key: &str, event: &str, gc: bool) -> Result<String, Failure> {
     with_js(|js| {
-        let Js { handlers, ctx, output_limit, .. } = js;
+        let Js {
+            handlers,
+            ctx,
+            output_limit,
+            ..
+        } = js;
         let handler = handlers.get(key).cloned().ok_or_else(|| {
-            Failure::new(GuestErrorKind::UnknownHandler, &format!("no handler is registered under '{key}'"))
+            Failure::new(
+                GuestErrorKind::UnknownHandler,
+                &format!("no handler is registered under '{key}'"),
+            )
         })?;
         let result = ctx.with(|ctx| {
-            let f: Function = handler.restore(&ctx).map_err(|e| failure_from(&ctx, e))?;
-            let event: Value = if event.contains(BYTES_TAG) {
-                let parse: Function = ctx.globals().get("__hl_parse").map_err(|e| failure_from(&ctx, e))?;
+            let f: Function<'_> = handler.restore(&ctx).map_err(|e| failure_from(&ctx, e))?;
+            let event: Value<'_> = if event.contains(BYTES_TAG) {
+                let parse: Function<'_> = ctx
+                    .globals()
+                    .get("__hl_parse")
+                    .map_err(|e| failure_from(&ctx, e))?;
                 parse.call((event,)).map_err(|e| failure_from(&ctx, e))?
             } else {
                 ctx.json_parse(event).map_err(|e| failure_from(&ctx, e))?
             };
-            let value: Value = f.call((event,)).map_err(|e| failure_from(&ctx, e))?;
+            let value: Value<'_> = f.call((event,)).map_err(|e| failure_from(&ctx, e))?;
             let value = settle(&ctx, value)?;
             let json = match ctx.json_stringify(value) {
                 Ok(Some(s)) => s.to_string().map_err(|e| failure_from(&ctx, e))?,
@@ -86,14 +101,21 @@ pub fn call(key: &str, event: &str, gc: bool) -> Result<String, Failure> {
                     if f.kind == GuestErrorKind::HandlerThrew {
                         f.kind = GuestErrorKind::ResultNotJson;
                     }
-                    f.message = format!("the handler's result is not JSON-serializable: {}", f.message);
+                    f.message = format!(
+                        "the handler's result is not JSON-serializable: {}",
+                        f.message
+                    );
                     return Err(f);
                 }
             };
             if json.len() > *output_limit {
                 return Err(Failure::new(
                     GuestErrorKind::OutputTooLarge,
-                    &format!("the result is {} bytes, over the output limit of {} bytes", json.len(), output_limit),
+                    &format!(
+                        "the result is {} bytes, over the output limit of {} bytes",
+                        json.len(),
+                        output_limit
+                    ),
                 ));
             }
             Ok(json)
@@ -113,7 +135,7 @@ fn settle<'js>(ctx: &Ctx<'js>, value: Value<'js>) -> Result<Value<'js>, Failure>
     };
     match promise.state() {
         PromiseState::Resolved => promise
-            .result::<Value>()
+            .result::<Value<'_>>()
             .unwrap_or_else(|| Ok(Value::new_undefined(ctx.clone())))
             .map_err(|e| failure_from(ctx, e)),
         PromiseState::Rejected => {
@@ -128,7 +150,7 @@ fn settle<'js>(ctx: &Ctx<'js>, value: Value<'js>) -> Result<Value<'js>, Failure>
 }
 
 fn rejection<'js>(promise: &Promise<'js>) -> Value<'js> {
-    match promise.result::<Value>() {
+    match promise.result::<Value<'_>>() {
         Some(Err(rquickjs::Error::Exception)) => promise.ctx().catch(),
         Some(Ok(v)) => v,
         _ => Value::new_undefined(promise.ctx().clone()),
@@ -139,7 +161,10 @@ fn rejection<'js>(promise: &Promise<'js>) -> Value<'js> {
 fn failure_from(ctx: &Ctx<'_>, e: rquickjs::Error) -> Failure {
     match e {
         rquickjs::Error::Exception => failure_from_value(ctx, ctx.catch()),
-        rquickjs::Error::Allocation => Failure::new(GuestErrorKind::OutOfMemory, "the JavaScript heap is exhausted"),
+        rquickjs::Error::Allocation => Failure::new(
+            GuestErrorKind::OutOfMemory,
+            "the JavaScript heap is exhausted",
+        ),
         other => Failure::new(GuestErrorKind::Internal, &other.to_string()),
     }
 }
@@ -157,13 +182,24 @@ fn failure_from_value<'js>(ctx: &Ctx<'js>, thrown: Value<'js>) -> Failure {
             _ => GuestErrorKind::HandlerThrew,
         };
         if !name.is_empty() || !message.is_empty() {
-            let message = if name.is_empty() { message } else { format!("{name}: {message}") };
-            return Failure { kind, message, stack };
+            let message = if name.is_empty() {
+                message
+            } else {
+                format!("{name}: {message}")
+            };
+            return Failure {
+                kind,
+                message,
+                stack,
+            };
         }
     }
     if thrown.is_null() && ctx.catch().is_null() {
         // QuickJS could not even allocate the exception object.
-        return Failure::new(GuestErrorKind::OutOfMemory, "the JavaScript heap is exhausted");
+        return Failure::new(
+            GuestErrorKind::OutOfMemory,
+            "the JavaScript heap is exhausted",
+        );
     }
     let text = ctx
         .json_stringify(thrown.clone())
@@ -171,7 +207,11 @@ fn failure_from_value<'js>(ctx: &Ctx<'js>, thrown: Value<'js>) -> Failure {
         .flatten()
         .and_then(|s| s.to_string().ok())
         .unwrap_or_else(|| "undefined".to_string());
-    Failure { kind: GuestErrorKind::HandlerThrew, message: format!("Uncaught {text}"), stack: String::new() }
+    Failure {
+        kind: GuestErrorKind::HandlerThrew,
+        message: format!("Uncaught {text}"),
+        stack: String::new(),
+    }
 }
 
 /// Frames a call outcome for the host.

@@ -17,7 +17,10 @@ pub fn console(level: i32, message: String) {
     // A lost log line must never fail the handler.
     let _ = call_host_function::<i32>(
         host_fn::CONSOLE,
-        Some(vec![ParameterValue::Int(level), ParameterValue::String(message)]),
+        Some(vec![
+            ParameterValue::Int(level),
+            ParameterValue::String(message),
+        ]),
         ReturnType::Int,
     );
 }

@@ -15,6 +15,8 @@
 extern crate alloc;
 
 #[cfg(target_os = "none")]
+mod exports;
+#[cfg(target_os = "none")]
 mod handlers;
 #[cfg(target_os = "none")]
 mod host;
@@ -22,13 +24,13 @@ mod host;
 mod libc_shims;
 #[cfg(target_os = "none")]
 mod runtime;
-#[cfg(target_os = "none")]
-mod exports;
 
 /// On the host this crate is only a placeholder: the real binary exists for
 /// `x86_64-unknown-none` and is built by the engine's build script.
 #[cfg(not(target_os = "none"))]
 fn main() {
-    eprintln!("hyperlight-js-guest runs only inside a hyperlight micro-VM (target x86_64-unknown-none)");
+    eprintln!(
+        "hyperlight-js-guest runs only inside a hyperlight micro-VM (target x86_64-unknown-none)"
+    );
     std::process::exit(2);
 }

@@ -5,11 +5,11 @@ use alloc::format;
 use alloc::string::{String, ToString};
 use core::cell::{Cell, RefCell};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use hyperlight_js_abi::{GuestErrorKind, console_level};
 use rquickjs::allocator::RustAllocator;
 use rquickjs::function::Rest;
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use rquickjs::{Context, Ctx, Exception, Function, Object, Persistent, Runtime, TypedArray, Value};
 
 use crate::handlers::Failure;
@@ -75,10 +75,18 @@ pub fn with_js<T>(f: impl FnOnce(&mut Js) -> Result<T, Failure>) -> Result<T, Fa
 }
 
 /// Creates the runtime. `host_fns` lists `module.function` names, one per line.
-pub fn load(max_stack: usize, memory_limit: usize, output_limit: usize, host_fns: &str) -> Result<(), Failure> {
+pub fn load(
+    max_stack: usize,
+    memory_limit: usize,
+    output_limit: usize,
+    host_fns: &str,
+) -> Result<(), Failure> {
     let mut guard = JS.0.borrow_mut();
     if guard.is_some() {
-        return Err(Failure::new(GuestErrorKind::RuntimeState, "the JavaScript runtime is already loaded"));
+        return Err(Failure::new(
+            GuestErrorKind::RuntimeState,
+            "the JavaScript runtime is already loaded",
+        ));
     }
     // QuickJS allocates through Rust's allocator so that exhaustion returns
     // NULL (a catchable "out of memory") instead of libc malloc's abort.
@@ -131,34 +139,41 @@ pub const BYTES_TAG: &str = "__hl_bytes";
 fn install_globals<'js>(ctx: &Ctx<'js>, host_fns: &str) -> rquickjs::Result<()> {
     let globals = ctx.globals();
 
-    let out = Function::new(ctx.clone(), |level: i32, line: String| crate::host::console(level, line))?;
+    let out = Function::new(ctx.clone(), |level: i32, line: String| {
+        crate::host::console(level, line)
+    })?;
     let prelude = CONSOLE_PRELUDE
         .replace("DEBUG", &console_level::DEBUG.to_string())
         .replace("INFO", &console_level::INFO.to_string())
         .replace("WARN", &console_level::WARN.to_string())
         .replace("ERROR", &console_level::ERROR.to_string());
-    let install: Function = ctx.eval(prelude)?;
+    let install: Function<'_> = ctx.eval(prelude)?;
     install.call::<_, ()>((out,))?;
 
     let encode = Function::new(ctx.clone(), |bytes: TypedArray<'js, u8>| -> String {
         BASE64.encode(bytes.as_bytes().unwrap_or_default())
     })?;
-    let decode = Function::new(ctx.clone(), |ctx: Ctx<'js>, text: String| -> rquickjs::Result<TypedArray<'js, u8>> {
-        let bytes = BASE64
-            .decode(text.as_bytes())
-            .map_err(|e| Exception::throw_type(&ctx, &format!("invalid base64 in {BYTES_TAG}: {e}")))?;
-        TypedArray::new(ctx.clone(), bytes)
-    })?;
-    let install: Function = ctx.eval(BYTES_PRELUDE.replace("TAG", BYTES_TAG))?;
+    let decode = Function::new(
+        ctx.clone(),
+        |ctx: Ctx<'js>, text: String| -> rquickjs::Result<TypedArray<'js, u8>> {
+            let bytes = BASE64.decode(text.as_bytes()).map_err(|e| {
+                Exception::throw_type(&ctx, &format!("invalid base64 in {BYTES_TAG}: {e}"))
+            })?;
+            TypedArray::new(ctx.clone(), bytes)
+        },
+    )?;
+    let install: Function<'_> = ctx.eval(BYTES_PRELUDE.replace("TAG", BYTES_TAG))?;
     install.call::<_, ()>((encode, decode))?;
 
-    let math: Object = globals.get("Math")?;
+    let math: Object<'_> = globals.get("Math")?;
     math.set("random", Function::new(ctx.clone(), next_random)?)?;
 
     let host = Object::new(ctx.clone())?;
     for line in host_fns.lines().filter(|l| !l.is_empty()) {
-        let Some((module, function)) = line.split_once('.') else { continue };
-        let module_obj: Object = match host.get::<_, Option<Object>>(module)? {
+        let Some((module, function)) = line.split_once('.') else {
+            continue;
+        };
+        let module_obj: Object<'_> = match host.get::<_, Option<Object<'_>>>(module)? {
             Some(o) => o,
             None => {
                 let o = Object::new(ctx.clone())?;
@@ -176,7 +191,12 @@ fn install_globals<'js>(ctx: &Ctx<'js>, host_fns: &str) -> rquickjs::Result<()> 
     Ok(())
 }
 
-fn call_host<'js>(ctx: &Ctx<'js>, module: &str, function: &str, args: Rest<Value<'js>>) -> rquickjs::Result<Value<'js>> {
+fn call_host<'js>(
+    ctx: &Ctx<'js>,
+    module: &str,
+    function: &str,
+    args: Rest<Value<'js>>,
+) -> rquickjs::Result<Value<'js>> {
     let array = rquickjs::Array::new(ctx.clone())?;
     for (i, v) in args.0.into_iter().enumerate() {
         array.set(i, v)?;
@@ -192,7 +212,10 @@ fn call_host<'js>(ctx: &Ctx<'js>, module: &str, function: &str, args: Rest<Value
         Some(Ok(json)) => ctx.json_parse(json),
         Some(Err(failure)) => Err(Exception::throw_message(
             ctx,
-            &format!("host function {module}.{function} failed: {}", failure.message),
+            &format!(
+                "host function {module}.{function} failed: {}",
+                failure.message
+            ),
         )),
         None => Err(Exception::throw_message(
             ctx,

@@ -22,7 +22,10 @@ impl ThreadCpuClock {
 
     /// CPU time consumed so far by the thread.
     pub fn now(&self) -> io::Result<Duration> {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
         // SAFETY: `ts` is a valid out-pointer; an invalid clock id yields EINVAL.
         let rc = unsafe { libc::clock_gettime(self.0, &mut ts) };
         if rc != 0 {

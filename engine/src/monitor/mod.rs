@@ -40,7 +40,9 @@ impl Limits {
         for (name, limit) in [("wall-clock timeout", wall), ("CPU timeout", cpu)] {
             match limit {
                 Some(d) if d.is_zero() => {
-                    return Err(Error::InvalidArgument(format!("{name} must be greater than zero")));
+                    return Err(Error::InvalidArgument(format!(
+                        "{name} must be greater than zero"
+                    )));
                 }
                 Some(d) if d > MAX_TIMEOUT => {
                     return Err(Error::InvalidArgument(format!(

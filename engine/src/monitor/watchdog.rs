@@ -66,9 +66,21 @@ impl Watchdog {
         cpu: Option<(ThreadCpuClock, Duration, Duration)>,
     ) -> WatchGuard {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.lock().entries.insert(id, Entry { vm, wall, cpu, fired: None });
+        self.lock().entries.insert(
+            id,
+            Entry {
+                vm,
+                wall,
+                cpu,
+                fired: None,
+            },
+        );
         self.wake.notify_one();
-        WatchGuard { dog: self, id, fired: None }
+        WatchGuard {
+            dog: self,
+            id,
+            fired: None,
+        }
     }
 
     fn run(&self) {
@@ -107,7 +119,12 @@ impl Watchdog {
                 }
             }
             state = match sleep {
-                Some(d) => self.wake.wait_timeout(state, d).unwrap_or_else(|p| p.into_inner()).0,
+                Some(d) => {
+                    self.wake
+                        .wait_timeout(state, d)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
                 None => self.wake.wait(state).unwrap_or_else(|p| p.into_inner()),
             };
         }

@@ -1,5 +1,5 @@
 //! Shared set-up for the engine's integration tests: real micro-VMs on /dev/kvm.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::expect_used)]
 
 use std::sync::OnceLock;
 
@@ -8,15 +8,36 @@ use hyperlight_js_engine::{LoadedJSSandbox, SandboxBuilder, Snapshot};
 /// Handlers used across the tests, by routing key.
 pub const HANDLERS: &[(&str, &str)] = &[
     ("echo", "function handler(event) { return event; }"),
-    ("greet", "function handler(event) { event.message = 'Hello, ' + event.name + '!'; return event; }"),
+    (
+        "greet",
+        "function handler(event) { event.message = 'Hello, ' + event.name + '!'; return event; }",
+    ),
     ("who", "function handler(event) { return 'who'; }"),
-    ("counter", "let count = 0; function handler(event) { count += 1; return count; }"),
+    (
+        "counter",
+        "let count = 0; function handler(event) { count += 1; return count; }",
+    ),
     ("spin", "function handler(event) { while (true) {} }"),
-    ("recurse", "function handler(event) { function f(n) { return f(n + 1) + 1; } return f(0); }"),
-    ("hog", "function handler(event) { const a = []; while (true) { a.push(new Uint8Array(1 << 20)); } }"),
-    ("throws", "function handler(event) {\n  throw new TypeError('bad event: ' + event.why);\n}"),
-    ("random", "function handler(event) { return [Math.random(), Math.random(), Math.random()]; }"),
-    ("big", "function handler(event) { return 'x'.repeat(event.n); }"),
+    (
+        "recurse",
+        "function handler(event) { function f(n) { return f(n + 1) + 1; } return f(0); }",
+    ),
+    (
+        "hog",
+        "function handler(event) { const a = []; while (true) { a.push(new Uint8Array(1 << 20)); } }",
+    ),
+    (
+        "throws",
+        "function handler(event) {\n  throw new TypeError('bad event: ' + event.why);\n}",
+    ),
+    (
+        "random",
+        "function handler(event) { return [Math.random(), Math.random(), Math.random()]; }",
+    ),
+    (
+        "big",
+        "function handler(event) { return 'x'.repeat(event.n); }",
+    ),
 ];
 
 /// Fails loudly when there is no hypervisor: these tests never skip.
@@ -33,7 +54,11 @@ pub fn base() -> &'static Snapshot {
     static BASE: OnceLock<Snapshot> = OnceLock::new();
     BASE.get_or_init(|| {
         require_kvm();
-        let mut js = SandboxBuilder::new().build().expect("build").load_runtime().expect("load runtime");
+        let mut js = SandboxBuilder::new()
+            .build()
+            .expect("build")
+            .load_runtime()
+            .expect("load runtime");
         for (key, code) in HANDLERS {
             js.add_handler(key, code).expect("add handler");
         }

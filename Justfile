@@ -1,0 +1,54 @@
+# Recipes for hyperlight-js. A fresh machine: `bash scripts/setup.sh` first
+# (or just use the two README commands, which need no `just`).
+
+default:
+    @just --list
+
+# Install clang, libclang, llvm-ar and the x86_64-unknown-none target.
+setup:
+    bash scripts/setup.sh
+
+# Build everything (the engine build also builds and embeds the guest).
+build:
+    cargo build --workspace
+
+# Every check and test, as CI runs it.
+test-all:
+    bash scripts/test-all.sh
+
+# Engine tests only (real micro-VMs).
+test-engine:
+    cargo test -p hyperlight-js-engine
+
+# Worker end-to-end tests against a local RabbitMQ.
+test-worker:
+    bash scripts/rabbitmq.sh start
+    AMQP_URL=$(bash scripts/rabbitmq.sh url) cargo test -p hyperlight-js-worker -p hyperlight-js-e2e
+
+# The Node.js package: build and test.
+test-js-host-api:
+    bash node-api/ci.sh
+
+# Helm chart render, lint, schema validation and tests.
+test-chart:
+    bash charts/ci-check.sh
+
+# Engine benchmark table.
+bench-engine:
+    cargo bench -p hyperlight-js-engine --bench engine
+
+# Run the worker on the example events with no broker (stdin mode).
+run-example:
+    cargo run --release -p hyperlight-js-worker -- --config examples/worker.toml --stdin < examples/events.jsonl
+
+fmt:
+    cargo fmt --all
+
+lint:
+    cargo clippy --workspace --all-targets -- -D warnings
+
+rabbitmq-start:
+    bash scripts/rabbitmq.sh start
+
+rabbitmq-stop:
+    bash scripts/rabbitmq.sh stop

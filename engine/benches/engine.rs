@@ -1,0 +1,230 @@
+//! The engine benchmark: prints one markdown table.
+//!
+//! Every figure is taken in the same run, next to its baseline: the same
+//! guest call and restore made straight through hyperlight-host with no
+//! engine layer. Run with `cargo bench -p hyperlight-js-engine`.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use hyperlight_host::sandbox::snapshot::Snapshot as HlSnapshot;
+use hyperlight_js_abi::{guest_fn, host_fn};
+use hyperlight_js_engine::{CallOptions, LoadedJSSandbox, SandboxBuilder, SandboxConfig};
+use std::sync::Arc;
+
+const ECHO: &str = "function handler(event) { return event; }";
+const EVENT: &str = r#"{"name":"World","n":42,"tags":["a","b"]}"#;
+
+struct Stats(Vec<Duration>);
+
+impl Stats {
+    fn measure(n: usize, mut f: impl FnMut()) -> Self {
+        f(); // warm-up
+        let mut v: Vec<Duration> = (0..n)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed()
+            })
+            .collect();
+        v.sort();
+        Self(v)
+    }
+    fn pct(&self, p: f64) -> Duration {
+        self.0[((self.0.len() - 1) as f64 * p).round() as usize]
+    }
+    fn p50(&self) -> Duration {
+        self.pct(0.5)
+    }
+    fn p99(&self) -> Duration {
+        self.pct(0.99)
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3}", d.as_secs_f64() * 1e3)
+}
+
+fn row(name: &str, s: &Stats, baseline: Option<&Stats>) {
+    let ratio = baseline.map_or(String::from("—"), |b| {
+        format!("{:.2}×", s.p50().as_secs_f64() / b.p50().as_secs_f64())
+    });
+    println!("| {name} | {} | {} | {ratio} |", ms(s.p50()), ms(s.p99()));
+}
+
+fn once(name: &str, d: Duration) {
+    println!("| {name} | {} | — | — |", ms(d));
+}
+
+/// The same guest, driven through hyperlight-host only.
+fn raw_sandbox(config: &SandboxConfig) -> (hyperlight_host::Sandbox, Arc<HlSnapshot>) {
+    let mut sb = hyperlight_host::SandboxBuilder::from_bytes(hyperlight_js_engine::GUEST)
+        .heap_size(config.heap_size)
+        .scratch_size(64 << 20)
+        .h2g_buffer_size((config.input_buffer_size + 16384) as usize)
+        .g2h_buffer_size((config.output_buffer_size + 16384) as usize)
+        .host_function(host_fn::NOW_MICROS, || -> u64 { 0 })
+        .host_function(host_fn::CONSOLE, |_: i32, _: String| -> i32 { 0 })
+        .host_function(host_fn::CALL, |_: String, _: String, _: String| -> String {
+            String::new()
+        })
+        .build()
+        .expect("raw build");
+    let _: String = sb
+        .call(
+            guest_fn::LOAD_RUNTIME,
+            (
+                960u64 << 10,
+                28u64 << 20,
+                config.output_buffer_size,
+                String::new(),
+            ),
+        )
+        .expect("raw load");
+    let _: String = sb
+        .call(
+            guest_fn::REGISTER_HANDLER,
+            ("echo".to_string(), ECHO.to_string()),
+        )
+        .expect("raw register");
+    let snap = sb.snapshot().expect("raw snapshot");
+    (sb, snap)
+}
+
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn main() {
+    assert!(
+        hyperlight_js_engine::hypervisor_available(),
+        "the benchmark needs /dev/kvm"
+    );
+    let n: usize = std::env::var("BENCH_ITERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30);
+    let config = SandboxConfig::default();
+
+    println!("| operation | p50 ms | p99 ms | vs baseline |");
+    println!("|---|---|---|---|");
+
+    let t = Instant::now();
+    let proto = SandboxBuilder::new().build().expect("build");
+    once("build (new micro-VM)", t.elapsed());
+    let t = Instant::now();
+    let mut js = proto.load_runtime().expect("load_runtime");
+    once("load_runtime (QuickJS init)", t.elapsed());
+    js.add_handler("echo", ECHO).expect("add");
+    let t = Instant::now();
+    let mut sb = js.get_loaded_sandbox().expect("get_loaded_sandbox");
+    once("get_loaded_sandbox (1 handler)", t.elapsed());
+    let snap = sb.snapshot().expect("snapshot");
+
+    let from_snap = Stats::measure(n.min(20), || {
+        drop(LoadedJSSandbox::from_snapshot(&snap).expect("from snapshot"))
+    });
+    row("sandbox from snapshot", &from_snap, None);
+
+    // Baselines: the same guest call and restore straight through hyperlight-host.
+    let (mut raw, raw_snap) = raw_sandbox(&config);
+    let raw_call = Stats::measure(n, || {
+        let _: String = raw
+            .call(
+                guest_fn::CALL_HANDLER,
+                ("echo".to_string(), EVENT.to_string(), false, 0u64),
+            )
+            .expect("raw call");
+    });
+    let raw_restore = Stats::measure(n, || raw.restore(raw_snap.clone()).expect("raw restore"));
+    let raw_call_restore = Stats::measure(n, || {
+        let _: String = raw
+            .call(
+                guest_fn::CALL_HANDLER,
+                ("echo".to_string(), EVENT.to_string(), false, 0u64),
+            )
+            .expect("raw call");
+        raw.restore(raw_snap.clone()).expect("raw restore");
+    });
+    row(
+        "baseline: hyperlight-host call (echo, no gc)",
+        &raw_call,
+        None,
+    );
+    row("baseline: hyperlight-host restore", &raw_restore, None);
+    row(
+        "baseline: hyperlight-host call + restore",
+        &raw_call_restore,
+        None,
+    );
+
+    let no_gc = CallOptions::default().gc(false);
+    let call = |sb: &mut LoadedJSSandbox, o: &CallOptions| {
+        sb.call_handler_json("echo", EVENT, o).expect("call");
+    };
+    let echo_no_gc = Stats::measure(n, || call(&mut sb, &no_gc));
+    row("echo call, gc off", &echo_no_gc, Some(&raw_call));
+    let echo_gc = Stats::measure(n, || call(&mut sb, &CallOptions::default()));
+    row("echo call, gc on", &echo_gc, Some(&raw_call));
+    let wall = no_gc.wall_clock_timeout(Duration::from_secs(10));
+    let echo_wall = Stats::measure(n, || call(&mut sb, &wall));
+    row(
+        "echo call + wall-clock monitor",
+        &echo_wall,
+        Some(&echo_no_gc),
+    );
+    let cpu = no_gc.cpu_timeout(Duration::from_secs(10));
+    let echo_cpu = Stats::measure(n, || call(&mut sb, &cpu));
+    row("echo call + CPU monitor", &echo_cpu, Some(&echo_no_gc));
+    let both = wall.cpu_timeout(Duration::from_secs(10));
+    let echo_both = Stats::measure(n, || call(&mut sb, &both));
+    row("echo call + both monitors", &echo_both, Some(&echo_no_gc));
+
+    let snapshot = Stats::measure(n.min(20), || {
+        call(&mut sb, &no_gc); // dirty the sandbox so the snapshot is real work
+        drop(sb.snapshot().expect("snapshot"));
+    });
+    row("echo call + snapshot", &snapshot, Some(&echo_no_gc));
+    let restore = Stats::measure(n, || sb.restore(&snap).expect("restore"));
+    row("restore", &restore, Some(&raw_restore));
+    let call_restore = Stats::measure(n, || {
+        call(&mut sb, &no_gc);
+        sb.restore(&snap).expect("restore");
+    });
+    row(
+        "call + restore (worker path)",
+        &call_restore,
+        Some(&raw_call_restore),
+    );
+
+    // 200 loaded sandboxes with default sizes, alive at once.
+    let before = rss_mib();
+    let t = Instant::now();
+    let mut many: Vec<LoadedJSSandbox> = (0..200)
+        .map(|_| LoadedJSSandbox::from_snapshot(&snap).expect("from snapshot"))
+        .collect();
+    let created = t.elapsed();
+    let rss_idle = rss_mib() - before;
+    for sb in &mut many {
+        call(sb, &no_gc);
+    }
+    let rss_called = rss_mib() - before;
+    println!();
+    println!(
+        "200 loaded sandboxes (default sizes): created in {:.1} s; RSS +{:.0} MiB idle, +{:.0} MiB after one call each (target < 2048 MiB)",
+        created.as_secs_f64(),
+        rss_idle,
+        rss_called
+    );
+    println!(
+        "engine overhead: call {:+.1}% (target ≤ 10%), restore {:+.1}% (target ≤ 20%), call+restore {:+.1}%",
+        (echo_no_gc.p50().as_secs_f64() / raw_call.p50().as_secs_f64() - 1.0) * 100.0,
+        (restore.p50().as_secs_f64() / raw_restore.p50().as_secs_f64() - 1.0) * 100.0,
+        (call_restore.p50().as_secs_f64() / raw_call_restore.p50().as_secs_f64() - 1.0) * 100.0,
+    );
+}
