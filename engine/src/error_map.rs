@@ -11,6 +11,9 @@ pub(crate) fn from_hyperlight(e: HyperlightError) -> Error {
         HyperlightError::NoHypervisorFound() => Error::NoHypervisor(e.to_string()),
         HyperlightError::PoisonedSandbox | HyperlightError::UnrecoverableSandbox => Error::Poisoned,
         HyperlightError::ExecutionCanceledByHost() => Error::Cancelled(CancelReason::Killed),
+        HyperlightError::GuestAborted(code, message) if message.is_empty() => {
+            Error::GuestAbort(format!("the guest aborted with code {code}"))
+        }
         HyperlightError::GuestAborted(_, message) => Error::GuestAbort(message),
         other => Error::Internal(other.to_string()),
     }

@@ -1,7 +1,6 @@
 //! A handle that stops a running handler from any thread.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use hyperlight_host::hypervisor::InterruptHandle as HlInterruptHandle;
 
@@ -13,35 +12,22 @@ use hyperlight_host::hypervisor::InterruptHandle as HlInterruptHandle;
 #[derive(Clone, Debug)]
 pub struct InterruptHandle {
     vm: Arc<dyn HlInterruptHandle>,
-    killed: Arc<AtomicBool>,
 }
 
 impl InterruptHandle {
     pub(crate) fn new(vm: Arc<dyn HlInterruptHandle>) -> Self {
-        Self {
-            vm,
-            killed: Arc::new(AtomicBool::new(false)),
-        }
+        Self { vm }
     }
 
     /// Stops the running handler; the call fails with `ERR_CANCELLED`.
     /// Returns whether a call was running. Blocks until the vCPU has left the
-    /// guest (microseconds, or until a host function the guest is in returns).
+    /// guest: microseconds, or until a host function the guest is in returns.
+    /// Event-loop code (Node.js) should call it from another thread.
     pub fn kill(&self) -> bool {
-        self.killed.store(true, Ordering::SeqCst);
         self.vm.kill()
     }
 
     pub(crate) fn vm(&self) -> Arc<dyn HlInterruptHandle> {
         self.vm.clone()
-    }
-
-    /// Clears the kill marker before a call starts.
-    pub(crate) fn arm(&self) {
-        self.killed.store(false, Ordering::SeqCst);
-    }
-
-    pub(crate) fn was_killed(&self) -> bool {
-        self.killed.load(Ordering::SeqCst)
     }
 }

@@ -166,7 +166,6 @@ impl LoadedJSSandbox {
         serde_json::from_str::<IgnoredAny>(event).map_err(|e| Error::InvalidJson(e.to_string()))?;
 
         let seed = if self.reseed { fresh_seed() } else { 0 };
-        self.interrupt.arm();
         // Fail closed: no monitor, no run.
         let mut guard = Monitors::start(limits, self.interrupt.vm())?;
         let result: std::result::Result<String, HyperlightError> = self.sandbox.call(
@@ -188,13 +187,9 @@ impl LoadedJSSandbox {
                 }
                 Ok(json)
             }
+            // No monitor fired: the interrupt handle did it.
             Err(HyperlightError::ExecutionCanceledByHost()) => {
-                let reason = match fired {
-                    Some(r) => r,
-                    None if self.interrupt.was_killed() => CancelReason::Killed,
-                    None => CancelReason::Killed,
-                };
-                Err(Error::Cancelled(reason))
+                Err(Error::Cancelled(fired.unwrap_or(CancelReason::Killed)))
             }
             Err(e) => Err(error_map::from_hyperlight(e)),
         }
