@@ -13,8 +13,9 @@ use alloc::string::String;
 
 /// Guest functions exported by the runtime, called by the engine.
 pub mod guest_fn {
-    /// `(max_stack: u64, memory_limit: u64, output_limit: u64, host_fns: String) -> String`:
-    /// creates the QuickJS runtime and context. `host_fns` lists `module.function`
+    /// `(max_stack: u64, memory_limit: u64, output_limit: u64, host_fns: String, user_mode: bool) -> String`:
+    /// creates the QuickJS runtime and context; with `user_mode` every later
+    /// call runs the JavaScript engine at CPL3. `host_fns` lists `module.function`
     /// names, one per line, that become callable as `host.module.function(...)`.
     pub const LOAD_RUNTIME: &str = "LoadRuntime";
     /// `(key: String, code: String) -> String`: compiles a handler under a routing key.
@@ -22,6 +23,11 @@ pub mod guest_fn {
     /// `(key: String, event_json: String, gc: bool, seed: u64) -> String`: runs a handler.
     /// A non-zero `seed` reseeds `Math.random` first.
     pub const CALL_HANDLER: &str = "CallHandler";
+    /// `(addr: u64) -> String`: test hook, reads a byte at `addr` in the mode
+    /// handlers run in (0: the guest's own data, 1: the user-mode kernel page).
+    pub const PROBE_READ: &str = "ProbeRead";
+    /// `() -> u64`: kernel entries from user mode so far.
+    pub const TRAP_COUNT: &str = "TrapCount";
 }
 
 /// Host functions the guest calls.
@@ -66,12 +72,16 @@ pub enum GuestErrorKind {
     OutOfMemory,
     /// The runtime was used before it was loaded, or loaded twice.
     RuntimeState,
+    /// The user stack overflowed its guard page (user mode); the sandbox must be restored.
+    UserStackOverflow,
+    /// User mode faulted (touched a kernel page, or aborted); the sandbox must be restored.
+    UserFault,
     /// Anything else.
     Internal,
 }
 
 impl GuestErrorKind {
-    const ALL: [Self; 9] = [
+    const ALL: [Self; 11] = [
         Self::HandlerThrew,
         Self::Compile,
         Self::UnknownHandler,
@@ -80,6 +90,8 @@ impl GuestErrorKind {
         Self::StackOverflow,
         Self::OutOfMemory,
         Self::RuntimeState,
+        Self::UserStackOverflow,
+        Self::UserFault,
         Self::Internal,
     ];
 
@@ -94,6 +106,8 @@ impl GuestErrorKind {
             Self::StackOverflow => b's',
             Self::OutOfMemory => b'm',
             Self::RuntimeState => b'r',
+            Self::UserStackOverflow => b'S',
+            Self::UserFault => b'f',
             Self::Internal => b'i',
         }
     }

@@ -78,6 +78,7 @@ fn raw_sandbox(config: &SandboxConfig) -> (hyperlight_host::Sandbox, Arc<HlSnaps
                 28u64 << 20,
                 config.output_buffer_size,
                 String::new(),
+                config.guest_mode == hyperlight_js_engine::GuestMode::User,
             ),
         )
         .expect("raw load");
@@ -221,10 +222,138 @@ fn main() {
         rss_idle,
         rss_called
     );
+    drop(many);
     println!(
         "engine overhead: call {:+.1}% (target ≤ 10%), restore {:+.1}% (target ≤ 20%), call+restore {:+.1}%",
         (echo_no_gc.p50().as_secs_f64() / raw_call.p50().as_secs_f64() - 1.0) * 100.0,
         (restore.p50().as_secs_f64() / raw_restore.p50().as_secs_f64() - 1.0) * 100.0,
         (call_restore.p50().as_secs_f64() / raw_call_restore.p50().as_secs_f64() - 1.0) * 100.0,
+    );
+
+    println!();
+    guest_modes(n);
+}
+
+const LOOP: &str =
+    "function handler(e) { let s = 0; for (let i = 0; i < e.n; i++) s += i; return s; }";
+
+/// Kernel-mode guest against user-mode guest, in one run.
+fn guest_modes(n: usize) {
+    use hyperlight_js_engine::GuestMode;
+    let no_gc = CallOptions::default().gc(false);
+    let mut rows: Vec<(&str, [String; 2])> = Vec::new();
+    let mut cells = |row: &'static str, i: usize, v: String| {
+        if let Some(r) = rows.iter_mut().find(|(name, _)| *name == row) {
+            r.1[i] = v;
+        } else {
+            let mut c = [String::new(), String::new()];
+            c[i] = v;
+            rows.push((row, c));
+        }
+    };
+    let mut loop_ms = [0.0f64; 2];
+    let mut echo_after_restore = [0.0f64; 2];
+    for (i, mode) in [GuestMode::Kernel, GuestMode::User].into_iter().enumerate() {
+        let t = Instant::now();
+        let mut js = SandboxBuilder::new()
+            .guest_mode(mode)
+            .build()
+            .expect("build")
+            .load_runtime()
+            .expect("load");
+        cells("runtime init (build + load_runtime)", i, ms(t.elapsed()));
+        js.add_handler("echo", ECHO).expect("add");
+        js.add_handler("loop", LOOP).expect("add");
+        let mut sb = js.get_loaded_sandbox().expect("loaded");
+        let snap = sb.snapshot().expect("snapshot");
+        let warm = Stats::measure(n, || {
+            sb.call_handler_json("echo", EVENT, &no_gc).expect("call");
+        });
+        cells("echo call warm, p50", i, ms(warm.p50()));
+        cells("echo call warm, p99", i, ms(warm.p99()));
+        let mut after = Vec::new();
+        let restore = Stats::measure(n, || {
+            let t = Instant::now();
+            sb.restore(&snap).expect("restore");
+            let r = t.elapsed();
+            let t = Instant::now();
+            sb.call_handler_json("echo", EVENT, &no_gc).expect("call");
+            after.push(t.elapsed());
+            let _ = r;
+        });
+        let after = Stats({
+            after.sort();
+            after
+        });
+        cells(
+            "restore + echo call (worker path), p50",
+            i,
+            ms(restore.p50()),
+        );
+        cells("echo call right after a restore, p50", i, ms(after.p50()));
+        cells("echo call right after a restore, p99", i, ms(after.p99()));
+        echo_after_restore[i] = after.p50().as_secs_f64();
+        let t = Instant::now();
+        sb.restore(&snap).expect("restore");
+        cells("restore alone", i, ms(t.elapsed()));
+        // Kernel entries per call: only user mode counts them (kernel mode is all kernel).
+        if mode == GuestMode::User {
+            sb.call_handler_json("echo", EVENT, &no_gc).expect("call");
+            let a = sb.guest_kernel_entries().expect("count");
+            sb.call_handler_json("echo", EVENT, &no_gc).expect("call");
+            let b = sb.guest_kernel_entries().expect("count");
+            sb.restore(&snap).expect("restore");
+            let c = sb.guest_kernel_entries().expect("count");
+            sb.call_handler_json("echo", EVENT, &no_gc).expect("call");
+            let d = sb.guest_kernel_entries().expect("count");
+            cells("kernel entries per echo call, warm", i, (b - a).to_string());
+            cells(
+                "kernel entries per echo call after a restore",
+                i,
+                (d - c).to_string(),
+            );
+        } else {
+            cells("kernel entries per echo call, warm", i, "all code".into());
+            cells(
+                "kernel entries per echo call after a restore",
+                i,
+                "all code".into(),
+            );
+        }
+        // The JS loop: 1e5 iterations in user mode; kernel mode is measured on
+        // 1e3 and scaled (1e5 would take about a minute emulated).
+        let (iters, scale) = if mode == GuestMode::User {
+            (100_000u64, 1.0)
+        } else {
+            (1_000, 100.0)
+        };
+        let ev = format!("{{\"n\":{iters}}}");
+        sb.call_handler_json("loop", &ev, &no_gc).expect("loop");
+        let l = Stats::measure(3, || {
+            sb.call_handler_json("loop", &ev, &no_gc).expect("loop");
+        });
+        let v = l.p50().as_secs_f64() * 1e3 * scale
+            - if scale > 1.0 {
+                warm.p50().as_secs_f64() * 1e3 * (scale - 1.0)
+            } else {
+                0.0
+            };
+        loop_ms[i] = v;
+        cells(
+            "JS loop, 1e5 integer additions (one call)",
+            i,
+            format!("{v:.3}{}", if scale > 1.0 { " (from 1e3)" } else { "" }),
+        );
+    }
+    println!("| guest mode | kernel (CPL0) | user (CPL3) |");
+    println!("|---|---|---|");
+    for (name, c) in &rows {
+        println!("| {name} | {} | {} |", c[0], c[1]);
+    }
+    println!();
+    println!(
+        "user mode vs kernel mode: JS loop {:.0}× faster (target ≥ 100×), echo right after a restore {:.1}× faster (target ≥ 5×)",
+        loop_ms[0] / loop_ms[1],
+        echo_after_restore[0] / echo_after_restore[1]
     );
 }

@@ -19,6 +19,30 @@ pub struct SandboxConfig {
     pub input_buffer_size: u64,
     /// Largest result, as JSON text, that a call may return.
     pub output_buffer_size: u64,
+    /// Where the JavaScript engine runs inside the micro-VM.
+    pub guest_mode: GuestMode,
+}
+
+/// Where the JavaScript engine runs inside the micro-VM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuestMode {
+    /// Everything at CPL0, as a stock hyperlight guest. On paravirtual KVM
+    /// (kvm-pvm) kernel-mode code is emulated: ~1 µs per instruction.
+    Kernel,
+    /// QuickJS and the handlers at CPL3, natively even on kvm-pvm; the guest
+    /// kernel is entered only through faults, and its pages are not
+    /// accessible from user mode.
+    User,
+}
+
+impl GuestMode {
+    /// The default: `HYPERLIGHT_JS_GUEST_MODE=kernel|user` when set, else user mode.
+    pub fn from_env() -> Self {
+        match std::env::var("HYPERLIGHT_JS_GUEST_MODE").as_deref() {
+            Ok("kernel") => Self::Kernel,
+            _ => Self::User,
+        }
+    }
 }
 
 impl Default for SandboxConfig {
@@ -28,6 +52,7 @@ impl Default for SandboxConfig {
             stack_size: SandboxBuilder::DEFAULT_STACK_SIZE,
             input_buffer_size: SandboxBuilder::DEFAULT_INPUT_BUFFER_SIZE,
             output_buffer_size: SandboxBuilder::DEFAULT_OUTPUT_BUFFER_SIZE,
+            guest_mode: GuestMode::from_env(),
         }
     }
 }
@@ -162,6 +187,12 @@ impl SandboxBuilder {
     /// Sets the output buffer size in bytes: the largest result returned (must be > 0).
     pub fn output_buffer_size(mut self, bytes: u64) -> Self {
         self.config.output_buffer_size = bytes;
+        self
+    }
+
+    /// Chooses where the JavaScript engine runs inside the micro-VM.
+    pub fn guest_mode(mut self, mode: GuestMode) -> Self {
+        self.config.guest_mode = mode;
         self
     }
 

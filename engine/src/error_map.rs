@@ -33,7 +33,10 @@ pub(crate) fn from_guest(key: &str, f: GuestFailure) -> Error {
         GuestErrorKind::UnknownHandler => Error::UnknownHandler(key.to_string()),
         GuestErrorKind::ResultNotJson => Error::ResultNotJson(f.message),
         GuestErrorKind::OutputTooLarge => Error::OutputTooLarge(f.message),
-        GuestErrorKind::StackOverflow => Error::StackOverflow(f.message),
+        GuestErrorKind::StackOverflow | GuestErrorKind::UserStackOverflow => {
+            Error::StackOverflow(f.message)
+        }
+        GuestErrorKind::UserFault => Error::GuestAbort(f.message),
         GuestErrorKind::OutOfMemory => Error::HeapExhausted(f.message),
         GuestErrorKind::RuntimeState | GuestErrorKind::Internal => Error::Internal(f.message),
     }
@@ -41,9 +44,25 @@ pub(crate) fn from_guest(key: &str, f: GuestFailure) -> Error {
 
 /// Decodes a framed guest reply.
 pub(crate) fn reply(key: &str, frame: String) -> Result<String, Error> {
+    reply_checked(key, frame).map_err(|(e, _)| e)
+}
+
+/// Decodes a framed guest reply; an error also says whether it left the
+/// guest inconsistent (a user-mode run abandoned by a fault), so that the
+/// sandbox must be restored before its next call.
+pub(crate) fn reply_checked(key: &str, frame: String) -> Result<String, (Error, bool)> {
     match hyperlight_js_abi::decode(frame) {
         Some(Ok(json)) => Ok(json),
-        Some(Err(f)) => Err(from_guest(key, f)),
-        None => Err(Error::Internal("the guest sent a malformed reply".into())),
+        Some(Err(f)) => {
+            let fatal = matches!(
+                f.kind,
+                GuestErrorKind::UserStackOverflow | GuestErrorKind::UserFault
+            );
+            Err((from_guest(key, f), fatal))
+        }
+        None => Err((
+            Error::Internal("the guest sent a malformed reply".into()),
+            false,
+        )),
     }
 }

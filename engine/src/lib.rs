@@ -28,7 +28,7 @@ pub mod monitor;
 mod proto;
 mod snapshot;
 
-pub use builder::{SandboxBuilder, SandboxConfig, positive};
+pub use builder::{GuestMode, SandboxBuilder, SandboxConfig, positive};
 pub use error::{CancelReason, Error, Result, TransitionError};
 pub use guest_image::GUEST;
 pub use host_functions::HostFn;

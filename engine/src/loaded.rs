@@ -84,6 +84,9 @@ pub struct LoadedJSSandbox {
     /// Send a fresh `Math.random` seed with the next call: set for a new
     /// sandbox and after every restore, whose memory holds an old RNG state.
     reseed: bool,
+    /// A user-mode run was abandoned by a fault: the JS heap may be
+    /// inconsistent, so calls are refused until a restore.
+    faulted: bool,
 }
 
 impl std::fmt::Debug for LoadedJSSandbox {
@@ -108,6 +111,7 @@ impl LoadedJSSandbox {
             handlers: Arc::new(handlers),
             interrupt,
             reseed: true,
+            faulted: false,
         }
     }
 
@@ -177,7 +181,10 @@ impl LoadedJSSandbox {
         match result {
             Ok(frame) => {
                 self.reseed = false;
-                let json = error_map::reply(key, frame)?;
+                let json = error_map::reply_checked(key, frame).map_err(|(e, fatal)| {
+                    self.faulted |= fatal;
+                    e
+                })?;
                 let limit = self.shared.config.output_buffer_size as usize;
                 if json.len() > limit {
                     return Err(Error::OutputTooLarge(format!(
@@ -225,6 +232,7 @@ impl LoadedJSSandbox {
             .map_err(error_map::from_hyperlight)?;
         self.handlers = snapshot.handlers.clone();
         self.reseed = true;
+        self.faulted = false;
         Ok(())
     }
 
@@ -249,12 +257,41 @@ impl LoadedJSSandbox {
     /// Whether an earlier failure (kill, timeout, guest abort) left the
     /// sandbox inconsistent. Calls fail with `ERR_POISONED` until a restore.
     pub fn poisoned(&self) -> bool {
-        !self.sandbox.status().is_ready()
+        self.faulted || !self.sandbox.status().is_ready()
     }
 
     /// The routing keys of the compiled handlers.
     pub fn handler_keys(&self) -> impl Iterator<Item = &str> {
         self.handlers.iter().map(String::as_str)
+    }
+
+    /// Test and benchmark hook: reads one byte at a guest address from the
+    /// mode handlers run in (0: the guest's own data; 1: the user-mode kernel
+    /// page). In user mode, kernel pages fault: `ERR_GUEST_ABORT`, poisoned.
+    #[doc(hidden)]
+    pub fn probe_read(&mut self, addr: u64) -> Result<u8> {
+        if self.poisoned() {
+            return Err(Error::Poisoned);
+        }
+        let frame: String = self
+            .sandbox
+            .call(guest_fn::PROBE_READ, addr)
+            .map_err(error_map::from_hyperlight)?;
+        let text = error_map::reply_checked("", frame).map_err(|(e, fatal)| {
+            self.faulted |= fatal;
+            e
+        })?;
+        text.parse()
+            .map_err(|_| Error::Internal(format!("bad probe reply {text}")))
+    }
+
+    /// Benchmark hook: kernel entries (faults and system calls) from guest
+    /// user mode since the runtime was loaded.
+    #[doc(hidden)]
+    pub fn guest_kernel_entries(&mut self) -> Result<u64> {
+        self.sandbox
+            .call(guest_fn::TRAP_COUNT, ())
+            .map_err(error_map::from_hyperlight)
     }
 
     /// The sizes this sandbox was built with.

@@ -84,6 +84,7 @@ impl ProtoJSSandbox {
                     c.js_memory_limit(),
                     c.output_buffer_size,
                     self.registry.manifest(),
+                    c.guest_mode == crate::GuestMode::User,
                 ),
             )
             .map_err(error_map::from_hyperlight)?;

@@ -1,34 +1,106 @@
 //! The guest functions the engine calls (names in `hyperlight_js_abi::guest_fn`).
+//!
+//! With user mode on, each one does its work at CPL3 through
+//! [`usermode::run`]; the kernel part only dispatches and serves faults.
 
+use alloc::format;
 use alloc::string::String;
 
 use hyperlight_guest_bin::guest_function;
-use hyperlight_js_abi::encode_ok;
+use hyperlight_js_abi::{GuestErrorKind, encode_err, encode_ok};
 
 use crate::handlers::{self, reply};
 use crate::runtime;
+use crate::usermode::{self, Fault};
+
+/// Stack kept above QuickJS's recursion limit on the user stack.
+const USER_STACK_SLACK: u64 = 128 * 1024;
+
+fn in_mode(f: impl FnOnce() -> String) -> String {
+    if !usermode::enabled() {
+        return f();
+    }
+    match usermode::run(f) {
+        Ok(frame) => frame,
+        Err(Fault::StackOverflow) => encode_err(
+            GuestErrorKind::UserStackOverflow,
+            "the user stack overflowed its guard page",
+            "",
+        ),
+        Err(Fault::Access { addr, rip }) => encode_err(
+            GuestErrorKind::UserFault,
+            &format!("user mode touched memory it may not access: address {addr:#x} at {rip:#x}"),
+            "",
+        ),
+        Err(Fault::Other { vector, rip }) => encode_err(
+            GuestErrorKind::UserFault,
+            &format!(
+                "user mode faulted: vector {vector} at {rip:#x} (an abort or panic inside the JavaScript engine)"
+            ),
+            "",
+        ),
+    }
+}
 
 #[guest_function("LoadRuntime")]
-fn load_runtime(max_stack: u64, memory_limit: u64, output_limit: u64, host_fns: String) -> String {
-    let r = runtime::load(
-        max_stack as usize,
-        memory_limit as usize,
-        output_limit as usize,
-        &host_fns,
-    );
-    reply(r.map(|()| String::from("null")))
+fn load_runtime(
+    max_stack: u64,
+    memory_limit: u64,
+    output_limit: u64,
+    host_fns: String,
+    user_mode: bool,
+) -> String {
+    if user_mode {
+        usermode::init(max_stack + USER_STACK_SLACK);
+    }
+    in_mode(move || {
+        let r = runtime::load(
+            max_stack as usize,
+            memory_limit as usize,
+            output_limit as usize,
+            &host_fns,
+        );
+        reply(r.map(|()| String::from("null")))
+    })
 }
 
 #[guest_function("RegisterHandler")]
 fn register_handler(key: String, code: String) -> String {
-    match handlers::register(&key, &code) {
+    in_mode(move || match handlers::register(&key, &code) {
         Ok(()) => encode_ok("null"),
         Err(f) => f.encode(),
-    }
+    })
 }
 
 #[guest_function("CallHandler")]
 fn call_handler(key: String, event: String, gc: bool, seed: u64) -> String {
-    runtime::reseed(seed);
-    reply(handlers::call(&key, &event, gc))
+    in_mode(move || {
+        runtime::reseed(seed);
+        reply(handlers::call(&key, &event, gc))
+    })
+}
+
+static PROBE_TARGET: u8 = 42;
+
+/// Test hook: reads one byte at `addr` from the mode handlers run in, so that
+/// tests can prove user mode cannot touch kernel pages. Address 0 reads a
+/// byte of the guest's own data (allowed), 1 the kernel page of user mode.
+#[guest_function("ProbeRead")]
+fn probe_read(addr: u64) -> String {
+    let addr = match addr {
+        0 => &PROBE_TARGET as *const u8 as u64,
+        1 => usermode::kernel_page(),
+        a => a,
+    };
+    in_mode(move || {
+        // SAFETY: deliberately unchecked: the point is to fault on kernel pages.
+        let b = unsafe { (addr as *const u8).read_volatile() };
+        encode_ok(&format!("{b}"))
+    })
+}
+
+/// Kernel entries from user mode so far (for the benchmark).
+#[guest_function("TrapCount")]
+fn trap_count() -> u64 {
+    usermode::trap_count()
 }

@@ -24,6 +24,8 @@ mod host;
 mod libc_shims;
 #[cfg(target_os = "none")]
 mod runtime;
+#[cfg(target_os = "none")]
+mod usermode;
 
 /// On the host this crate is only a placeholder: the real binary exists for
 /// `x86_64-unknown-none` and is built by the engine's build script.

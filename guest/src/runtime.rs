@@ -209,6 +209,11 @@ fn call_host<'js>(
     let reply = crate::host::call(module.to_string(), function.to_string(), args_json)
         .and_then(hyperlight_js_abi::decode);
     match reply {
+        // Binary results (`{"__hl_bytes": ...}`) become Uint8Arrays, as in events.
+        Some(Ok(json)) if json.contains(BYTES_TAG) => {
+            let parse: Function<'js> = ctx.globals().get("__hl_parse")?;
+            parse.call((json,))
+        }
         Some(Ok(json)) => ctx.json_parse(json),
         Some(Err(failure)) => Err(Exception::throw_message(
             ctx,

@@ -1,0 +1,109 @@
+//! Guest user mode: JavaScript runs at CPL3 and cannot touch the guest
+//! kernel's pages; a fault there is reported and the sandbox recovers by restore.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use hyperlight_js_engine::{CallOptions, GuestMode, SandboxBuilder};
+use serde_json::json;
+
+fn user_sandbox() -> (
+    hyperlight_js_engine::LoadedJSSandbox,
+    hyperlight_js_engine::Snapshot,
+) {
+    assert!(
+        hyperlight_js_engine::hypervisor_available(),
+        "needs /dev/kvm"
+    );
+    let mut js = SandboxBuilder::new()
+        .guest_mode(GuestMode::User)
+        .build()
+        .unwrap()
+        .load_runtime()
+        .unwrap();
+    js.add_handler(
+        "sum",
+        "function handler(e) { let s = 0; for (let i = 0; i < e.n; i++) s += i; return s; }",
+    )
+    .unwrap();
+    let mut sb = js.get_loaded_sandbox().unwrap();
+    let snap = sb.snapshot().unwrap();
+    (sb, snap)
+}
+
+#[test]
+fn user_mode_reads_its_own_data() {
+    let (mut sb, _) = user_sandbox();
+    assert_eq!(sb.probe_read(0).unwrap(), 42);
+    assert!(!sb.poisoned());
+}
+
+#[test]
+fn user_mode_cannot_touch_kernel_pages_and_restore_recovers() {
+    let (mut sb, snap) = user_sandbox();
+    // The user-mode kernel page, the IDT/GDT/TSS page, the kernel stack, the
+    // page tables and exception stack at the top of scratch.
+    for addr in [
+        1u64,
+        0xffff_fd00_0000_0000,
+        0xffff_ff00_0000_0000 - 8,
+        0xffff_ffff_ffff_e000,
+    ] {
+        let err = sb.probe_read(addr).unwrap_err();
+        assert_eq!(err.code(), "ERR_GUEST_ABORT", "{addr:#x}: {err}");
+        assert!(err.to_string().contains("may not access"), "{err}");
+        assert!(sb.poisoned(), "a faulted user run poisons the sandbox");
+        assert_eq!(
+            sb.call_handler("sum", &json!({"n": 3}), &CallOptions::default())
+                .unwrap_err()
+                .code(),
+            "ERR_POISONED"
+        );
+        sb.restore(&snap).unwrap();
+        assert_eq!(
+            sb.call_handler("sum", &json!({"n": 4}), &CallOptions::default())
+                .unwrap(),
+            json!(6)
+        );
+    }
+}
+
+#[test]
+fn compute_runs_natively_and_counts_few_kernel_entries() {
+    let (mut sb, _) = user_sandbox();
+    sb.call_handler("sum", &json!({"n": 10}), &CallOptions::default())
+        .unwrap();
+    let before = sb.guest_kernel_entries().unwrap();
+    // A million iterations: hours if emulated, milliseconds in user mode.
+    let out = sb
+        .call_handler(
+            "sum",
+            &json!({"n": 1_000_000}),
+            &CallOptions::default().wall_clock_timeout(std::time::Duration::from_secs(20)),
+        )
+        .unwrap();
+    assert_eq!(out, json!(499_999_500_000u64));
+    let entries = sb.guest_kernel_entries().unwrap() - before;
+    assert!(entries < 200, "{entries} kernel entries for one warm call");
+}
+
+#[test]
+fn kernel_mode_still_works() {
+    assert!(
+        hyperlight_js_engine::hypervisor_available(),
+        "needs /dev/kvm"
+    );
+    let mut js = SandboxBuilder::new()
+        .guest_mode(GuestMode::Kernel)
+        .build()
+        .unwrap()
+        .load_runtime()
+        .unwrap();
+    js.add_handler("echo", "function handler(e) { return e; }")
+        .unwrap();
+    let mut sb = js.get_loaded_sandbox().unwrap();
+    assert_eq!(
+        sb.call_handler("echo", &json!({"a": 1}), &CallOptions::default())
+            .unwrap(),
+        json!({"a": 1})
+    );
+    assert_eq!(sb.probe_read(0).unwrap(), 42);
+}

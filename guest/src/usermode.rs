@@ -1,0 +1,554 @@
+//! Guest user mode: the JavaScript engine runs at CPL3 inside the micro-VM.
+//!
+//! On paravirtual KVM (kvm-pvm) a guest's kernel-mode code is emulated at
+//! ~1 µs per instruction while user-mode code runs natively. So every guest
+//! function does its real work (QuickJS) in user mode, and the small kernel
+//! part here is entered only through faults:
+//!
+//! - `ud2` from user mode is a system call (`rax` = number, `rdi` = argument):
+//!   exit back to the kernel, or call a host function (the kernel does the
+//!   `out` that user mode may not do: IOPL is forced to 0 at CPL3 here);
+//! - a page fault from user mode sets the user bit along the page walk
+//!   (hyperlight rebuilds page tables without it at every snapshot), does the
+//!   copy-on-write for user writes, and grows the user stack;
+//! - any other fault from user mode ends the user run with a report.
+//!
+//! Faults raised in kernel mode go to hyperlight-guest-bin's own handlers.
+//! The kernel's pages (page tables, IDT/GDT/TSS, kernel and exception stacks,
+//! transport rings, this module's state) never get the user bit: JS in user
+//! mode cannot read or write them, a second privilege boundary inside the VM.
+
+use alloc::boxed::Box;
+use core::arch::{asm, global_asm};
+use core::mem::offset_of;
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use hyperlight_common::vmem::{BasicMapping, MappingKind, PAGE_SIZE};
+
+/// System call: leave user mode (the job is done).
+pub const SYS_EXIT: u64 = 0;
+/// System call: run the host request at `rdi` (see `crate::host`).
+pub const SYS_HOST: u64 = 1;
+
+/// Top of the user stack: a region of its own, outside every hyperlight region.
+const USTACK_TOP: u64 = 0xffff_f000_1000_0000;
+
+const PTE_PRESENT: u64 = 1;
+const PTE_RW: u64 = 1 << 1;
+const PTE_USER: u64 = 1 << 2;
+const PTE_COW: u64 = 1 << 9;
+const PTE_ADDR: u64 = 0x000F_FFFF_FFFF_F000;
+
+const SEL_KDATA: u64 = 0x10;
+const SEL_UDATA: u64 = 0x28 | 3;
+const SEL_UCODE: u64 = 0x30 | 3;
+
+/// Why a user run ended early.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// The user stack overflowed into its guard page.
+    StackOverflow,
+    /// User mode touched a kernel page or an unmapped address.
+    Access { addr: u64, rip: u64 },
+    /// A general-protection fault (a panic's `out` lands here) or another fault.
+    Other { vector: u64, rip: u64 },
+}
+
+/// Everything the trap path needs, on one supervisor-only page (the
+/// alignment makes the struct exactly one page).
+#[repr(C, align(4096))]
+struct KState {
+    gdt: [u64; 8],
+    kernel_rsp: u64,
+    /// User GPRs at the trap: rax, rbx, rcx, rdx, rsi, rdi, rbp, r8..r15.
+    user: [u64; 15],
+    vector: u64,
+    err: u64,
+    /// rip, cs, rflags, rsp, ss of the interrupted user code.
+    frame: [u64; 5],
+    orig_ud: u64,
+    orig_gp: u64,
+    orig_pf: u64,
+    ustack_limit: u64,
+    /// Kernel entries from user mode since the runtime was loaded.
+    traps: u64,
+    fault: Option<Fault>,
+}
+const _: () = assert!(core::mem::size_of::<KState>() == 4096);
+
+static mut KPAGE: KState = KState {
+    gdt: [0; 8],
+    kernel_rsp: 0,
+    user: [0; 15],
+    vector: 0,
+    err: 0,
+    frame: [0; 5],
+    orig_ud: 0,
+    orig_gp: 0,
+    orig_pf: 0,
+    ustack_limit: 0,
+    traps: 0,
+    fault: None,
+};
+
+/// Set while a user run is in progress (read by user code to pick the
+/// system-call path for host functions).
+static IN_USER: AtomicBool = AtomicBool::new(false);
+/// Set once `init` has run; persisted in snapshots.
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// Whether the current code runs in user mode.
+pub fn in_user() -> bool {
+    IN_USER.load(Ordering::Relaxed)
+}
+
+/// Whether user mode is set up for this sandbox.
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+const K_RSP: usize = offset_of!(KState, kernel_rsp);
+const K_USER: usize = offset_of!(KState, user);
+const K_VECTOR: usize = offset_of!(KState, vector);
+const K_ERR: usize = offset_of!(KState, err);
+const K_FRAME: usize = offset_of!(KState, frame);
+const K_ORIG_UD: usize = offset_of!(KState, orig_ud);
+const K_ORIG_GP: usize = offset_of!(KState, orig_gp);
+const K_ORIG_PF: usize = offset_of!(KState, orig_pf);
+
+global_asm!(
+    // hljs_enter_user(entry: rdi, user_rsp: rsi, arg: rdx) -> status
+    ".global hljs_enter_user",
+    "hljs_enter_user:",
+    "push rbx", "push rbp", "push r12", "push r13", "push r14", "push r15",
+    "lea rax, [rip + {kpage}]",
+    "mov [rax + {k_rsp}], rsp",
+    "push {udata}",
+    "push rsi",
+    "push 0x2",
+    "push {ucode}",
+    "push rdi",
+    "mov rdi, rdx",
+    // No kernel value leaks into user registers.
+    "xor eax, eax", "xor ebx, ebx", "xor ecx, ecx", "xor edx, edx", "xor esi, esi", "xor ebp, ebp",
+    "xor r8d, r8d", "xor r9d, r9d", "xor r10d, r10d", "xor r11d, r11d",
+    "xor r12d, r12d", "xor r13d, r13d", "xor r14d, r14d", "xor r15d, r15d",
+    "iretq",
+
+    // #UD (no error code): a system call when it comes from user mode.
+    ".global hljs_trap_ud",
+    "hljs_trap_ud:",
+    "test byte ptr [rsp + 8], 3",
+    "jnz 2f",
+    "push rax", "lea rax, [rip + {kpage}]", "mov rax, [rax + {k_orig_ud}]", "xchg rax, [rsp]", "ret",
+    "2:",
+    "push 0",
+    "push 6",
+    "jmp hljs_trap_common",
+
+    // #GP (error code).
+    ".global hljs_trap_gp",
+    "hljs_trap_gp:",
+    "test byte ptr [rsp + 16], 3",
+    "jnz 2f",
+    "push rax", "lea rax, [rip + {kpage}]", "mov rax, [rax + {k_orig_gp}]", "xchg rax, [rsp]", "ret",
+    "2:",
+    "push 13",
+    "jmp hljs_trap_common",
+
+    // #PF (error code).
+    ".global hljs_trap_pf",
+    "hljs_trap_pf:",
+    "test byte ptr [rsp + 16], 3",
+    "jnz 2f",
+    "push rax", "lea rax, [rip + {kpage}]", "mov rax, [rax + {k_orig_pf}]", "xchg rax, [rsp]", "ret",
+    "2:",
+    "push 14",
+    "jmp hljs_trap_common",
+
+    // Stack: vector, err, rip, cs, rflags, rsp, ss. Save the user state on
+    // the kernel page, then leave the IST stack for the kernel stack so that
+    // kernel faults taken by the handler cannot clobber this frame.
+    "hljs_trap_common:",
+    "push rax",
+    "lea rax, [rip + {kpage}]",
+    "mov [rax + {k_user} + 8], rbx",
+    "mov [rax + {k_user} + 16], rcx",
+    "mov [rax + {k_user} + 24], rdx",
+    "mov [rax + {k_user} + 32], rsi",
+    "mov [rax + {k_user} + 40], rdi",
+    "mov [rax + {k_user} + 48], rbp",
+    "mov [rax + {k_user} + 56], r8",
+    "mov [rax + {k_user} + 64], r9",
+    "mov [rax + {k_user} + 72], r10",
+    "mov [rax + {k_user} + 80], r11",
+    "mov [rax + {k_user} + 88], r12",
+    "mov [rax + {k_user} + 96], r13",
+    "mov [rax + {k_user} + 104], r14",
+    "mov [rax + {k_user} + 112], r15",
+    "mov rbx, rax",
+    "pop rax",
+    "mov [rbx + {k_user}], rax",
+    "pop rax", "mov [rbx + {k_vector}], rax",
+    "pop rax", "mov [rbx + {k_err}], rax",
+    "pop rax", "mov [rbx + {k_frame}], rax",
+    "pop rax", "mov [rbx + {k_frame} + 8], rax",
+    "pop rax", "mov [rbx + {k_frame} + 16], rax",
+    "pop rax", "mov [rbx + {k_frame} + 24], rax",
+    "pop rax", "mov [rbx + {k_frame} + 32], rax",
+    "mov rsp, [rbx + {k_rsp}]",
+    "mov eax, {kdata}",
+    "mov ss, ax",
+    "mov rdi, cr2",
+    "cld",
+    "call {handler}",
+    "lea rbx, [rip + {kpage}]",
+    "test rax, rax",
+    "jnz 3f",
+    // Resume user mode.
+    "push qword ptr [rbx + {k_frame} + 32]",
+    "push qword ptr [rbx + {k_frame} + 24]",
+    "push qword ptr [rbx + {k_frame} + 16]",
+    "push qword ptr [rbx + {k_frame} + 8]",
+    "push qword ptr [rbx + {k_frame}]",
+    "mov rax, [rbx + {k_user}]",
+    "mov rcx, [rbx + {k_user} + 16]",
+    "mov rdx, [rbx + {k_user} + 24]",
+    "mov rsi, [rbx + {k_user} + 32]",
+    "mov rdi, [rbx + {k_user} + 40]",
+    "mov rbp, [rbx + {k_user} + 48]",
+    "mov r8, [rbx + {k_user} + 56]",
+    "mov r9, [rbx + {k_user} + 64]",
+    "mov r10, [rbx + {k_user} + 72]",
+    "mov r11, [rbx + {k_user} + 80]",
+    "mov r12, [rbx + {k_user} + 88]",
+    "mov r13, [rbx + {k_user} + 96]",
+    "mov r14, [rbx + {k_user} + 104]",
+    "mov r15, [rbx + {k_user} + 112]",
+    "mov rbx, [rbx + {k_user} + 8]",
+    "iretq",
+    // Leave user mode: back to hljs_enter_user's caller with rax = status.
+    "3:",
+    "mov rsp, [rbx + {k_rsp}]",
+    "pop r15", "pop r14", "pop r13", "pop r12", "pop rbp", "pop rbx",
+    "ret",
+    kpage = sym KPAGE,
+    k_rsp = const K_RSP,
+    k_user = const K_USER,
+    k_vector = const K_VECTOR,
+    k_err = const K_ERR,
+    k_frame = const K_FRAME,
+    k_orig_ud = const K_ORIG_UD,
+    k_orig_gp = const K_ORIG_GP,
+    k_orig_pf = const K_ORIG_PF,
+    udata = const SEL_UDATA,
+    ucode = const SEL_UCODE,
+    kdata = const SEL_KDATA,
+    handler = sym hljs_user_trap,
+);
+
+unsafe extern "C" {
+    fn hljs_enter_user(entry: u64, user_rsp: u64, arg: u64) -> u64;
+    fn hljs_trap_ud();
+    fn hljs_trap_gp();
+    fn hljs_trap_pf();
+}
+
+const STATUS_RESUME: u64 = 0;
+const STATUS_EXIT: u64 = 1;
+const STATUS_FAULT: u64 = 2;
+
+fn kstate() -> *mut KState {
+    // SAFETY: taking the address of a static does not access it.
+    unsafe { &raw mut KPAGE }
+}
+
+/// Sets up user mode once, before the runtime's snapshot: ring-3 segments,
+/// the trap gates, and the user stack's size. Kernel mode only.
+pub fn init(stack_size: u64) {
+    if enabled() {
+        return;
+    }
+    let k = kstate();
+    // SAFETY: kernel mode, single vCPU; the descriptor tables are valid and
+    // the writes below keep them valid (copied kernel entries plus two
+    // ring-3 entries; the IDT gates keep selector, IST and type).
+    unsafe {
+        let mut gdtr = [0u8; 10];
+        asm!("sgdt [{}]", in(reg) gdtr.as_mut_ptr(), options(nostack));
+        let base = u64::from_le_bytes([
+            gdtr[2], gdtr[3], gdtr[4], gdtr[5], gdtr[6], gdtr[7], gdtr[8], gdtr[9],
+        ]) as *const u64;
+        let gdt = &raw mut (*k).gdt as *mut u64;
+        for i in 0..5 {
+            let mut d = base.add(i).read();
+            // Pre-set the accessed bit of code/data descriptors so that the CPU
+            // never writes the GDT (it may be a read-only copy-on-write page).
+            if i == 1 || i == 2 {
+                d |= 1 << 40;
+            }
+            gdt.add(i).write(d);
+        }
+        gdt.add(5).write(0x00CF_F300_0000_FFFF); // user data, DPL 3, accessed
+        gdt.add(6).write(0x00AF_FB00_0000_FFFF); // user code, 64-bit, DPL 3, accessed
+        let mut ptr = [0u8; 10];
+        ptr[0..2].copy_from_slice(&((8 * 7 - 1) as u16).to_le_bytes());
+        ptr[2..10].copy_from_slice(&(gdt as u64).to_le_bytes());
+        asm!("lgdt [{}]", in(reg) ptr.as_ptr(), options(nostack));
+
+        let mut idtr = [0u8; 10];
+        asm!("sidt [{}]", in(reg) idtr.as_mut_ptr(), options(nostack));
+        let idt = u64::from_le_bytes([
+            idtr[2], idtr[3], idtr[4], idtr[5], idtr[6], idtr[7], idtr[8], idtr[9],
+        ]) as *mut u64;
+        (*k).orig_ud = gate(idt, 6, hljs_trap_ud as *const () as u64);
+        (*k).orig_gp = gate(idt, 13, hljs_trap_gp as *const () as u64);
+        (*k).orig_pf = gate(idt, 14, hljs_trap_pf as *const () as u64);
+        (*k).ustack_limit = USTACK_TOP - stack_size.next_multiple_of(PAGE_SIZE as u64);
+    }
+    ENABLED.store(true, Ordering::Relaxed);
+}
+
+/// Points IDT vector `v` at `handler`, returning the old handler's address.
+unsafe fn gate(idt: *mut u64, v: usize, handler: u64) -> u64 {
+    // SAFETY: `idt` is the live IDT; each gate is two u64s.
+    unsafe {
+        let lo = idt.add(2 * v).read_volatile();
+        let hi = idt.add(2 * v + 1).read_volatile();
+        let old = (lo & 0xffff) | ((lo >> 32) & 0xffff_0000) | (hi << 32);
+        let new_lo =
+            (lo & 0x0000_ffff_ffff_0000) | (handler & 0xffff) | ((handler & 0xffff_0000) << 32);
+        idt.add(2 * v).write_volatile(new_lo);
+        idt.add(2 * v + 1).write_volatile(handler >> 32);
+        old
+    }
+}
+
+/// Kernel entries from user mode so far (faults and system calls).
+pub fn trap_count() -> u64 {
+    // SAFETY: plain read of a kernel-page field, in kernel mode.
+    unsafe { (*kstate()).traps }
+}
+
+/// The address of the kernel page, for tests that prove user mode cannot read it.
+pub fn kernel_page() -> u64 {
+    kstate() as u64
+}
+
+/// Runs `f` in user mode and returns its result, or the fault that ended it.
+pub fn run<R>(f: impl FnOnce() -> R) -> Result<R, Fault> {
+    let mut out: Box<Option<R>> = Box::new(None);
+    let out_ptr: *mut Option<R> = &mut *out;
+    let job = move || {
+        // SAFETY: `out` outlives the user run and nothing else touches it meanwhile.
+        unsafe { out_ptr.write(Some(f())) }
+    };
+    let mut job: Box<Option<_>> = Box::new(Some(job));
+    let entry = trampoline_for(&job);
+    let k = kstate();
+    IN_USER.store(true, Ordering::Relaxed);
+    // SAFETY: kernel mode; the trampoline and `job` live in user-accessible
+    // memory (image and heap), the user stack region is ours.
+    let status = unsafe {
+        (*k).fault = None;
+        hljs_enter_user(entry, USTACK_TOP - 8, &mut *job as *mut _ as u64)
+    };
+    IN_USER.store(false, Ordering::Relaxed);
+    match status {
+        // SAFETY: kernel mode, after the run.
+        STATUS_EXIT => out
+            .take()
+            .ok_or(unsafe { (*k).fault }.unwrap_or(Fault::Other { vector: 6, rip: 0 })),
+        // SAFETY: as above.
+        _ => Err(unsafe { (*k).fault }.unwrap_or(Fault::Other { vector: 0, rip: 0 })),
+    }
+}
+
+fn trampoline_for<G: FnOnce()>(_: &Box<Option<G>>) -> u64 {
+    trampoline::<G> as *const () as u64
+}
+
+/// The first user-mode function of a run.
+extern "C" fn trampoline<G: FnOnce()>(job: *mut Option<G>) -> ! {
+    // SAFETY: `run` passes a valid pointer to its boxed job.
+    if let Some(g) = unsafe { (*job).take() } {
+        g();
+    }
+    syscall(SYS_EXIT, 0);
+    loop {
+        core::hint::spin_loop();
+    }
+}
+
+/// A system call from user mode.
+#[inline(never)]
+pub fn syscall(num: u64, arg: u64) -> u64 {
+    let ret: u64;
+    // SAFETY: `ud2` traps to `hljs_trap_ud`, which resumes after it with rax set.
+    unsafe { asm!("ud2", inlateout("rax") num => ret, in("rdi") arg, options(nostack)) };
+    ret
+}
+
+/// Kernel side of every user trap; returns a `STATUS_*`.
+extern "C" fn hljs_user_trap(cr2: u64) -> u64 {
+    let k = kstate();
+    // SAFETY: kernel mode, on the kernel stack, single vCPU.
+    unsafe {
+        (*k).traps += 1;
+        let rip = (*k).frame[0];
+        match (*k).vector {
+            6 => match (*k).user[0] {
+                SYS_EXIT => STATUS_EXIT,
+                SYS_HOST => {
+                    let arg = (*k).user[5];
+                    (*k).user[0] = crate::host::serve(arg);
+                    (*k).frame[0] = rip + 2;
+                    STATUS_RESUME
+                }
+                _ => fault(Fault::Other { vector: 6, rip }),
+            },
+            14 => match page_fault(cr2, (*k).err) {
+                Ok(()) => STATUS_RESUME,
+                Err(f) => fault(f),
+            },
+            v => fault(Fault::Other { vector: v, rip }),
+        }
+    }
+}
+
+fn fault(f: Fault) -> u64 {
+    // SAFETY: kernel mode, single vCPU.
+    unsafe { (*kstate()).fault = Some(f) };
+    STATUS_FAULT
+}
+
+/// May user mode touch `addr`? The low half (image, heap) except the
+/// kernel page, and the user stack region.
+fn user_allowed(addr: u64) -> bool {
+    let kpage = kstate() as u64;
+    if addr < 0x0000_8000_0000_0000 {
+        return !(kpage..kpage + PAGE_SIZE as u64).contains(&addr);
+    }
+    // SAFETY: read of a kernel-page field in kernel mode.
+    let limit = unsafe { (*kstate()).ustack_limit };
+    (limit - PAGE_SIZE as u64..USTACK_TOP).contains(&addr)
+}
+
+/// Whether `[ptr, ptr + len)` lies in user-accessible memory.
+pub fn user_range(ptr: u64, len: u64) -> bool {
+    let Some(end) = ptr.checked_add(len) else {
+        return false;
+    };
+    end < 0x0000_8000_0000_0000 && {
+        let kpage = kstate() as u64;
+        end <= kpage || ptr >= kpage + PAGE_SIZE as u64
+    }
+}
+
+fn pt_entry(table: u64, va: u64, level: u32) -> Option<*mut u64> {
+    let shift = 39 - 9 * level;
+    let idx = (va >> shift) & 0x1ff;
+    let t = hyperlight_guest_bin::paging::phys_to_virt(table & PTE_ADDR)? as *mut u64;
+    // SAFETY: idx < 512 entries of a 4 KiB table.
+    Some(unsafe { t.add(idx as usize) })
+}
+
+/// Walks the tables for `va`, setting the user bit on every present level.
+/// Returns the leaf entry, or `None` if some level is not present.
+fn open_walk(va: u64) -> Option<*mut u64> {
+    let cr3: u64;
+    // SAFETY: reading CR3 in kernel mode.
+    unsafe { asm!("mov {}, cr3", out(reg) cr3, options(nomem, nostack)) };
+    let mut table = cr3;
+    for level in 0..4 {
+        let e = pt_entry(table, va, level)?;
+        // SAFETY: `e` points into a live page table in scratch memory.
+        let v = unsafe { e.read_volatile() };
+        if v & PTE_PRESENT == 0 {
+            return None;
+        }
+        if v & PTE_USER == 0 {
+            // SAFETY: as above; adding the user bit keeps the entry valid.
+            unsafe { e.write_volatile(v | PTE_USER) };
+        }
+        if level == 3 {
+            return Some(e);
+        }
+        table = v;
+    }
+    None
+}
+
+fn page_fault(addr: u64, err: u64) -> Result<(), Fault> {
+    // SAFETY: read of the saved user rip in kernel mode.
+    let rip = unsafe { (*kstate()).frame[0] };
+    if !user_allowed(addr) {
+        return Err(Fault::Access { addr, rip });
+    }
+    // SAFETY: kernel-page field read.
+    let limit = unsafe { (*kstate()).ustack_limit };
+    let page = addr & !(PAGE_SIZE as u64 - 1);
+    let present = err & 1 != 0;
+    let write = err & 2 != 0;
+    if !present {
+        let in_stack = addr >= limit && addr < USTACK_TOP;
+        if addr >= 0x0000_8000_0000_0000 && !in_stack {
+            return Err(Fault::StackOverflow);
+        }
+        let kind = if in_stack {
+            Some(BasicMapping {
+                readable: true,
+                writable: true,
+                executable: false,
+            })
+        } else {
+            match hyperlight_guest_bin::paging::virt_to_phys(page)
+                .next()
+                .map(|m| m.kind)
+            {
+                Some(MappingKind::ZeroInit(bm)) => Some(bm),
+                _ => None,
+            }
+        };
+        let Some(bm) = kind else {
+            return Err(Fault::Access { addr, rip });
+        };
+        // SAFETY: kernel mode; a fresh zeroed scratch page is mapped at an
+        // address that was not present.
+        unsafe {
+            let pa = hyperlight_guest::prim_alloc::alloc_phys_pages(1);
+            if let Some(p) = hyperlight_guest_bin::paging::phys_to_virt(pa) {
+                p.write_bytes(0, PAGE_SIZE);
+            }
+            hyperlight_guest_bin::paging::map_region(
+                pa,
+                page as *mut u8,
+                PAGE_SIZE as u64,
+                MappingKind::Basic(bm),
+            );
+        }
+        return open_walk(addr)
+            .map(|_| ())
+            .ok_or(Fault::Access { addr, rip });
+    }
+    let leaf = open_walk(addr).ok_or(Fault::Access { addr, rip })?;
+    // SAFETY: live leaf entry.
+    let v = unsafe { leaf.read_volatile() };
+    if write && v & PTE_RW == 0 {
+        if v & PTE_COW == 0 {
+            return Err(Fault::Access { addr, rip });
+        }
+        // Copy-on-write for a user write.
+        // SAFETY: kernel mode; copy the old page into a fresh scratch page,
+        // then point the entry at it, writable, and flush the stale entry.
+        unsafe {
+            let pa = hyperlight_guest::prim_alloc::alloc_phys_pages(1);
+            let dst = hyperlight_guest_bin::paging::phys_to_virt(pa)
+                .ok_or(Fault::Access { addr, rip })?;
+            core::ptr::copy_nonoverlapping(page as *const u8, dst, PAGE_SIZE);
+            leaf.write_volatile((v & !(PTE_ADDR | PTE_COW)) | pa | PTE_RW | PTE_USER);
+            asm!("invlpg [{}]", in(reg) page, options(nostack));
+        }
+    }
+    Ok(())
+}
