@@ -12,10 +12,6 @@ setup:
 build:
     cargo build --workspace
 
-# Every check and test, as CI runs it.
-test-all:
-    bash scripts/test-all.sh
-
 # Engine tests only (real micro-VMs).
 test-engine:
     cargo test -p hyperlight-js-engine
@@ -25,9 +21,28 @@ test-worker:
     bash scripts/rabbitmq.sh start
     AMQP_URL=$(bash scripts/rabbitmq.sh url) cargo test -p hyperlight-js-worker -p hyperlight-js-e2e
 
-# The Node.js package: build and test.
-test-js-host-api:
-    bash node-api/ci.sh
+# The Node.js package @hyperlight/js-host-api (profile: release or debug).
+build-js-host-api profile="release":
+    bash node-api/ci.sh build {{profile}}
+
+# Run every example in examples/node against the built package.
+run-js-host-api-examples profile="release":
+    bash node-api/ci.sh build {{profile}}
+    bash node-api/ci.sh examples
+
+# The package's test suite.
+test-js-host-api profile="release":
+    bash node-api/ci.sh build {{profile}}
+    bash node-api/ci.sh test
+
+# Build everything, all runtimes and targets.
+build-all:
+    cargo build --workspace
+    bash node-api/ci.sh build release
+
+# Test everything (the profile applies to the Node.js package).
+test-all profile="release":
+    bash scripts/test-all.sh
 
 # Helm chart render, lint, schema validation and tests.
 test-chart:

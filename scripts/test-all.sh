@@ -17,8 +17,11 @@ step "format and lints"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
-step "Rust tests: engine on real micro-VMs, worker end-to-end against RabbitMQ"
+step "Rust tests: engine on real micro-VMs (guest user mode), worker end-to-end against RabbitMQ"
 cargo test --workspace --locked
+
+step "engine tests again with the guest in kernel mode"
+HYPERLIGHT_JS_GUEST_MODE=kernel cargo test -p hyperlight-js-engine --locked
 
 step "Node.js package @hyperlight/js-host-api"
 bash node-api/ci.sh
