@@ -122,13 +122,17 @@ fn run() -> Result<(), String> {
         .arg("--target-dir")
         .arg(&guest_target_dir);
     // The outer build's settings must not leak into the nested one.
-    for (key, _) in env::vars_os() {
+    // That includes clippy's wrapper: the guest is a plain build, always.
+    for (key, value) in env::vars_os() {
         let key = key.to_string_lossy().into_owned();
-        if key.starts_with("CARGO_") && key != "CARGO_HOME"
-            || key == "RUSTFLAGS"
-            || key == "OUT_DIR"
-            || key == "TARGET"
-        {
+        let leaks = (key.starts_with("CARGO_") && key != "CARGO_HOME")
+            || matches!(
+                key.as_str(),
+                "RUSTFLAGS" | "OUT_DIR" | "TARGET" | "RUSTC_WRAPPER" | "RUSTC_WORKSPACE_WRAPPER"
+            )
+            || key.contains("CLIPPY")
+            || value.to_string_lossy().contains("clippy-driver");
+        if leaks {
             cmd.env_remove(&key);
         }
     }

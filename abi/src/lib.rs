@@ -20,8 +20,9 @@ pub mod guest_fn {
     pub const LOAD_RUNTIME: &str = "LoadRuntime";
     /// `(key: String, code: String) -> String`: compiles a handler under a routing key.
     pub const REGISTER_HANDLER: &str = "RegisterHandler";
-    /// `(key: String, event_json: String, gc: bool, seed: u64) -> String`: runs a handler.
-    /// A non-zero `seed` reseeds `Math.random` first.
+    /// `(key: String, event_json: String, gc: bool, seed: u64, now_micros: u64, tsc_hz: u64) -> String`:
+    /// runs a handler. A non-zero `seed` reseeds `Math.random` first; `now_micros`
+    /// and `tsc_hz` (0 if unknown) give the guest clock its time base.
     pub const CALL_HANDLER: &str = "CallHandler";
     /// `(addr: u64) -> String`: test hook, reads a byte at `addr` in the mode
     /// handlers run in (0: the guest's own data, 1: the user-mode kernel page).

@@ -138,7 +138,14 @@ fn main() {
         let _: String = raw
             .call(
                 guest_fn::CALL_HANDLER,
-                ("echo".to_string(), EVENT.to_string(), false, 0u64),
+                (
+                    "echo".to_string(),
+                    EVENT.to_string(),
+                    false,
+                    0u64,
+                    0u64,
+                    0u64,
+                ),
             )
             .expect("raw call");
     });
@@ -147,7 +154,14 @@ fn main() {
         let _: String = raw
             .call(
                 guest_fn::CALL_HANDLER,
-                ("echo".to_string(), EVENT.to_string(), false, 0u64),
+                (
+                    "echo".to_string(),
+                    EVENT.to_string(),
+                    false,
+                    0u64,
+                    0u64,
+                    0u64,
+                ),
             )
             .expect("raw call");
         raw.restore(raw_snap.clone()).expect("raw restore");

@@ -103,6 +103,19 @@ impl SandboxConfig {
             .max(STACK_RESERVE)
     }
 
+    /// Applies these sizes to a hyperlight builder. Sandboxes built from a
+    /// snapshot get the same values, which match the snapshot's layout.
+    pub(crate) fn sized(
+        &self,
+        builder: hyperlight_host::SandboxBuilder,
+    ) -> Result<hyperlight_host::SandboxBuilder> {
+        Ok(builder
+            .heap_size(self.heap_size)
+            .scratch_size(usize_of(self.scratch_size())?)
+            .h2g_buffer_size(usize_of(self.input_buffer_size + TRANSPORT_SLACK)?)
+            .g2h_buffer_size(usize_of(self.output_buffer_size + TRANSPORT_SLACK)?))
+    }
+
     fn scratch_size(&self) -> u64 {
         // Scratch holds every page written since the last snapshot (copy-on-write),
         // the on-demand stack and the transport buffers.
@@ -212,11 +225,7 @@ impl SandboxBuilder {
             ));
         }
         let registry = HostRegistry::default();
-        let builder = hyperlight_host::SandboxBuilder::from_bytes(GUEST)
-            .heap_size(config.heap_size)
-            .scratch_size(usize_of(config.scratch_size())?)
-            .h2g_buffer_size(usize_of(config.input_buffer_size + TRANSPORT_SLACK)?)
-            .g2h_buffer_size(usize_of(config.output_buffer_size + TRANSPORT_SLACK)?);
+        let builder = config.sized(hyperlight_host::SandboxBuilder::from_bytes(GUEST))?;
         let sandbox = host_functions::install(builder, &registry)
             .build()
             .map_err(crate::error_map::from_hyperlight)?;

@@ -17,6 +17,7 @@
 #![deny(missing_docs)]
 
 mod builder;
+mod clock;
 mod error;
 mod error_map;
 mod guest_image;

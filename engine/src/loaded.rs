@@ -121,7 +121,11 @@ impl LoadedJSSandbox {
     #[instrument(name = "sandbox.from_snapshot", skip_all, err(Display))]
     pub fn from_snapshot(snapshot: &Snapshot) -> Result<Self> {
         let shared = snapshot.shared.clone();
-        let builder = hyperlight_host::SandboxBuilder::from_snapshot(snapshot.hl.clone());
+        let builder = shared
+            .config
+            .sized(hyperlight_host::SandboxBuilder::from_snapshot(
+                snapshot.hl.clone(),
+            ))?;
         let sandbox = host_functions::install(builder, &shared.registry)
             .build()
             .map_err(error_map::from_hyperlight)?;
@@ -145,7 +149,8 @@ impl LoadedJSSandbox {
 
     /// Like [`call_handler`](Self::call_handler) with the event and result as
     /// JSON text; the event is validated (`ERR_INVALID_JSON`) but not re-encoded.
-    #[instrument(name = "sandbox.call", skip(self, event, options), fields(bytes = event.len()), err(Display))]
+    // A handler's failure is an outcome, not an engine fault: logged at debug.
+    #[instrument(name = "sandbox.call", skip(self, event, options), fields(bytes = event.len()), err(level = "debug", Display))]
     pub fn call_handler_json(
         &mut self,
         key: &str,
@@ -174,7 +179,14 @@ impl LoadedJSSandbox {
         let mut guard = Monitors::start(limits, self.interrupt.vm())?;
         let result: std::result::Result<String, HyperlightError> = self.sandbox.call(
             guest_fn::CALL_HANDLER,
-            (key.to_string(), event.to_string(), options.gc, seed),
+            (
+                key.to_string(),
+                event.to_string(),
+                options.gc,
+                seed,
+                crate::clock::now_micros(),
+                crate::clock::tsc_hz(),
+            ),
         );
         let fired = guard.as_mut().and_then(|g| g.finish());
         drop(guard);

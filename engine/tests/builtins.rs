@@ -214,3 +214,21 @@ fn host_functions_are_callable_from_handlers() {
     assert_eq!(out[0], json!(42));
     assert!(out[1].as_str().unwrap().contains("no luck"), "{out}");
 }
+
+#[test]
+fn date_now_advances_at_real_speed_inside_a_call() {
+    // A handler that busy-waits 300 ms by the clock: the host must see about
+    // that long, so the guest clock neither races nor crawls.
+    let mut sb = load(
+        "function handler(e) { const t0 = Date.now(); let n = 0; while (Date.now() - t0 < e.ms) { n++; } return { n, waited: Date.now() - t0 }; }",
+    );
+    let start = std::time::Instant::now();
+    let out = run(&mut sb, json!({"ms": 300}));
+    let took = start.elapsed();
+    assert!(out["waited"].as_f64().unwrap() >= 300.0, "{out}");
+    assert!(
+        took >= std::time::Duration::from_millis(290)
+            && took < std::time::Duration::from_millis(1500),
+        "a 300 ms wait took {took:?}"
+    );
+}

@@ -73,7 +73,15 @@ fn register_handler(key: String, code: String) -> String {
 }
 
 #[guest_function("CallHandler")]
-fn call_handler(key: String, event: String, gc: bool, seed: u64) -> String {
+fn call_handler(
+    key: String,
+    event: String,
+    gc: bool,
+    seed: u64,
+    now_micros: u64,
+    tsc_hz: u64,
+) -> String {
+    crate::clock::set_base(now_micros, tsc_hz);
     in_mode(move || {
         runtime::reseed(seed);
         reply(handlers::call(&key, &event, gc))

@@ -102,14 +102,16 @@ fn direct_call(module: String, function: String, args_json: String) -> Option<St
 
 /// Copies a string that user mode handed over, after checking that its bytes
 /// are user memory.
-fn user_string(s: &String) -> Option<String> {
-    usermode::user_range(s.as_ptr() as u64, s.len() as u64).then(|| s.clone())
+fn user_string(s: &str) -> Option<String> {
+    usermode::user_range(s.as_ptr() as u64, s.len() as u64).then(|| s.into())
 }
 
 /// Kernel side of `SYS_HOST`: serves the request at `arg`. Returns 1 when
 /// served, 0 when the request was not valid user memory.
 pub fn serve(arg: u64) -> u64 {
-    if !usermode::user_range(arg, core::mem::size_of::<HostRequest>() as u64) || arg % 8 != 0 {
+    if !usermode::user_range(arg, core::mem::size_of::<HostRequest>() as u64)
+        || !arg.is_multiple_of(8)
+    {
         return 0;
     }
     // SAFETY: `arg` is an aligned range of user memory (checked above); user

@@ -11,7 +11,7 @@ pub struct Timespec {
 
 /// The linker routes every `clock_gettime` call here (`--wrap=clock_gettime`):
 /// the stock guest clock is synthetic and advances one second per call, so
-/// `Date.now()` would be meaningless. Real time comes from the host.
+/// `Date.now()` would be meaningless. Real time comes from the host (see `crate::clock`).
 ///
 /// # Safety
 /// `tp` must be null or point to writable memory for a `Timespec`.
@@ -20,7 +20,7 @@ pub unsafe extern "C" fn __wrap_clock_gettime(_clock: c_int, tp: *mut Timespec) 
     if tp.is_null() {
         return -1;
     }
-    let micros = crate::host::now_micros();
+    let micros = crate::clock::now_micros();
     let ts = Timespec {
         tv_sec: (micros / 1_000_000) as i64,
         tv_nsec: ((micros % 1_000_000) * 1000) as i64,

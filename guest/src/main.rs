@@ -15,6 +15,8 @@
 extern crate alloc;
 
 #[cfg(target_os = "none")]
+mod clock;
+#[cfg(target_os = "none")]
 mod exports;
 #[cfg(target_os = "none")]
 mod handlers;

@@ -259,8 +259,7 @@ const STATUS_EXIT: u64 = 1;
 const STATUS_FAULT: u64 = 2;
 
 fn kstate() -> *mut KState {
-    // SAFETY: taking the address of a static does not access it.
-    unsafe { &raw mut KPAGE }
+    &raw mut KPAGE
 }
 
 /// Sets up user mode once, before the runtime's snapshot: ring-3 segments,
@@ -344,7 +343,7 @@ pub fn run<R>(f: impl FnOnce() -> R) -> Result<R, Fault> {
         unsafe { out_ptr.write(Some(f())) }
     };
     let mut job: Box<Option<_>> = Box::new(Some(job));
-    let entry = trampoline_for(&job);
+    let entry = trampoline_for(&*job);
     let k = kstate();
     IN_USER.store(true, Ordering::Relaxed);
     // SAFETY: kernel mode; the trampoline and `job` live in user-accessible
@@ -364,7 +363,7 @@ pub fn run<R>(f: impl FnOnce() -> R) -> Result<R, Fault> {
     }
 }
 
-fn trampoline_for<G: FnOnce()>(_: &Box<Option<G>>) -> u64 {
+fn trampoline_for<G: FnOnce()>(_: &Option<G>) -> u64 {
     trampoline::<G> as *const () as u64
 }
 

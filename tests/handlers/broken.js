@@ -1,0 +1,2 @@
+// Test handler that does not compile.
+function handler(event) { return event.; }

@@ -1,0 +1,176 @@
+//! The command line without a broker: stdin/JSON-lines mode and start-up failures.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use hyperlight_js_e2e::*;
+use serde_json::{Value, json};
+
+fn run_lines(args: &[&str], input: &str, no_broker: bool) -> (i32, Vec<Value>, String) {
+    let mut cmd = Command::new(worker_bin());
+    cmd.args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd.env("RUST_LOG", "warn");
+    if no_broker {
+        cmd.env_remove("AMQP_URL");
+    }
+    let mut child = cmd.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let lines = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect();
+    (
+        out.status.code().unwrap_or(-1),
+        lines,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn stdin_mode_prints_one_outcome_line_per_event_of_the_examples() {
+    let config = example("worker.toml");
+    let events = std::fs::read_to_string(example("events.jsonl")).unwrap();
+    let (code, lines, stderr) = run_lines(
+        &["--config", config.to_str().unwrap(), "--stdin"],
+        &events,
+        false,
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let n = events.lines().filter(|l| !l.trim().is_empty()).count();
+    assert_eq!(lines.len(), n, "{lines:#?}");
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l["line"], i + 1, "outcomes come in input order");
+    }
+    assert_eq!(
+        lines[0]["result"],
+        json!({"name": "World", "message": "Hello, World!"})
+    );
+    assert_eq!(lines[1]["result"]["result"], 42);
+    assert_eq!(lines[2]["error"]["code"], "ERR_HANDLER_THREW");
+    assert_eq!(lines[3]["result"]["count"], 1);
+    assert_eq!(
+        lines[4]["result"]["count"], 1,
+        "no state leaks between events"
+    );
+    assert!(lines[5]["result"]["slept_ms"].as_i64().unwrap() >= 200);
+    assert_eq!(lines[6]["error"]["code"], "ERR_CANCELLED");
+    assert_eq!(lines[7]["error"]["code"], "ERR_HANDLER_THREW");
+    assert_eq!(lines[8]["error"]["code"], "ERR_UNKNOWN_HANDLER");
+}
+
+#[test]
+fn without_a_broker_the_worker_reads_json_lines_with_the_same_codes() {
+    let dir = temp_dir("it-cli");
+    let (config, _) = write_config(
+        &dir,
+        "",
+        &[HandlerSpec::new("errors", test_handler("errors.js"))
+            .with("max_message_bytes = 512\nstack_size = 262144")],
+    );
+    let big = "a".repeat(600);
+    let input = format!(
+        "{}\n\n{}\n{}\nnot json\n{}\n{}\n",
+        json!({"key": "errors", "event": {"mode": "ok"}, "id": "a"}),
+        json!({"key": "errors", "event": {"mode": "loop"}, "cpu_timeout_ms": 100}),
+        json!({"key": "errors", "event": {"mode": "recurse"}}),
+        json!({"key": "errors", "event": {"pad": big}}),
+        json!({"key": "errors", "event": {"mode": "ok"}, "wall_timeout_ms": -5}),
+    );
+    let (code, lines, stderr) = run_lines(&["--config", config.to_str().unwrap()], &input, true);
+    assert_eq!(code, 0, "{stderr}");
+    let codes: Vec<Value> = lines.iter().map(|l| l["error"]["code"].clone()).collect();
+    assert_eq!(lines[0]["result"], json!({"ok": true, "mode": "ok"}));
+    assert_eq!(lines[0]["id"], "a");
+    assert_eq!(
+        codes[1..],
+        [
+            json!("ERR_CANCELLED"),
+            json!("ERR_STACK_OVERFLOW"),
+            json!("ERR_INVALID_JSON"),
+            json!("ERR_MESSAGE_TOO_LARGE"),
+            json!("ERR_INVALID_ARG")
+        ]
+    );
+    assert_eq!(lines[3]["key"], Value::Null);
+}
+
+#[test]
+fn invalid_config_fails_at_start_naming_the_key_and_the_file() {
+    let dir = temp_dir("it-badcfg");
+    let (config, _) = write_config(
+        &dir,
+        "",
+        &[HandlerSpec::new("greet", example("handlers/greet.js")).pool(0)],
+    );
+    let (code, lines, stderr) = run_lines(&["--config", config.to_str().unwrap()], "", true);
+    assert_eq!(code, 2);
+    assert!(lines.is_empty());
+    assert!(
+        stderr.contains("ERR_CONFIG_INVALID")
+            && stderr.contains("'greet'")
+            && stderr.contains("greet.js"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("worker.toml"), "{stderr}");
+}
+
+#[test]
+fn a_handler_that_does_not_compile_fails_at_start() {
+    let dir = temp_dir("it-compile");
+    let (config, _) = write_config(
+        &dir,
+        "",
+        &[
+            HandlerSpec::new("greet", example("handlers/greet.js")),
+            HandlerSpec::new("broken", test_handler("broken.js")),
+        ],
+    );
+    let (code, lines, stderr) = run_lines(&["--config", config.to_str().unwrap()], "", true);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(lines.is_empty());
+    assert!(
+        stderr.contains("ERR_COMPILE")
+            && stderr.contains("'broken'")
+            && stderr.contains("broken.js"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn broker_urls_are_redacted_in_errors() {
+    let dir = temp_dir("it-redact");
+    let (config, _) = write_config(
+        &dir,
+        "",
+        &[HandlerSpec::new("greet", example("handlers/greet.js"))],
+    );
+    let out = Command::new(worker_bin())
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "publish",
+            "--key",
+            "greet",
+            "{}",
+        ])
+        .env("AMQP_URL", "amqp://user:s3cr3t@127.0.0.1:1/%2f")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("ERR_BROKER") && stderr.contains("***@127.0.0.1:1"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("s3cr3t"), "{stderr}");
+}

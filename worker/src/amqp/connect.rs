@@ -1,0 +1,40 @@
+//! Opening a connection: `amqp://` or `amqps://` (rustls with the ring
+//! backend, certificates verified against the system roots plus an optional
+//! CA file). The URL is never logged or put in an error unredacted.
+
+use hyperlight_js_config::BrokerConfig;
+use lapin::tcp::OwnedTLSConfig;
+use lapin::{Connection, ConnectionProperties};
+
+use crate::error::WorkerError;
+
+/// Connects to the broker named by `broker.url`.
+pub async fn connect(broker: &BrokerConfig, name: &str) -> Result<Connection, WorkerError> {
+    let url = broker
+        .url
+        .as_ref()
+        .ok_or_else(|| WorkerError::Broker("no broker URL is configured".into()))?;
+    let tls = match &broker.tls_ca_file {
+        Some(path) => OwnedTLSConfig {
+            identity: None,
+            cert_chain: Some(std::fs::read_to_string(path).map_err(|e| {
+                WorkerError::Broker(format!(
+                    "cannot read [broker] tls_ca_file {}: {e}",
+                    path.display()
+                ))
+            })?),
+        },
+        None => OwnedTLSConfig::default(),
+    };
+    let props = ConnectionProperties::default().with_connection_name(name.to_string().into());
+    let runtime = lapin::runtime::default_runtime().map_err(WorkerError::broker)?;
+    Connection::connect_with_config(url.expose(), props, tls, runtime)
+        .await
+        .map_err(|e| {
+            WorkerError::Broker(format!(
+                "cannot connect to {}: {}",
+                url.redacted(),
+                crate::error::redact_urls(&e.to_string())
+            ))
+        })
+}

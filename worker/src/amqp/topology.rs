@@ -1,0 +1,105 @@
+//! Declares what the worker needs, idempotently: the events exchange with a
+//! durable quorum queue per routing key (named by the key, bound with it),
+//! the results exchange, and the dead-letter exchange with its queue.
+//!
+//! The per-key queues are quorum queues: the broker counts deliveries
+//! (`x-delivery-count`) and, past `x-delivery-limit`, dead-letters the message
+//! itself, so a message that crashes the worker every time still ends in the
+//! dead-letter queue after `max_deliveries` attempts.
+
+use hyperlight_js_config::BrokerConfig;
+use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, ExchangeKind};
+
+use crate::error::WorkerError;
+
+/// Arguments of a handler's queue. Declaring an existing queue with other
+/// arguments fails with `PRECONDITION_FAILED`, reported as `ERR_TOPOLOGY`.
+pub fn queue_arguments(broker: &BrokerConfig) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".to_string().into()),
+    );
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString(broker.dead_letter_exchange.clone().into()),
+    );
+    // The limit counts redeliveries: N deliveries in all means N - 1 returns.
+    args.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongLongInt(i64::from(broker.max_deliveries.saturating_sub(1))),
+    );
+    args
+}
+
+/// Declares exchanges, queues and bindings for `keys`.
+pub async fn declare(
+    channel: &Channel,
+    broker: &BrokerConfig,
+    keys: &[String],
+) -> Result<(), WorkerError> {
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    for (name, kind) in [
+        (&broker.events_exchange, ExchangeKind::Direct),
+        (&broker.results_exchange, ExchangeKind::Topic),
+        (&broker.dead_letter_exchange, ExchangeKind::Topic),
+    ] {
+        channel
+            .exchange_declare(name.as_str().into(), kind, durable, FieldTable::default())
+            .await
+            .map_err(|e| topology(format!("exchange '{name}'"), &e))?;
+    }
+    let dlq = broker.dead_letter_queue();
+    let queue_opts = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    channel
+        .queue_declare(dlq.into(), queue_opts, FieldTable::default())
+        .await
+        .map_err(|e| topology(format!("dead-letter queue '{dlq}'"), &e))?;
+    channel
+        .queue_bind(
+            dlq.into(),
+            broker.dead_letter_exchange.as_str().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| topology(format!("binding of '{dlq}'"), &e))?;
+    for key in keys {
+        channel
+            .queue_declare(key.as_str().into(), queue_opts, queue_arguments(broker))
+            .await
+            .map_err(|e| {
+                topology(
+                    format!("queue '{key}' (a durable quorum queue with the dead-letter settings)"),
+                    &e,
+                )
+            })?;
+        channel
+            .queue_bind(
+                key.as_str().into(),
+                broker.events_exchange.as_str().into(),
+                key.as_str().into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| topology(format!("binding of '{key}'"), &e))?;
+    }
+    Ok(())
+}
+
+fn topology(what: String, e: &lapin::Error) -> WorkerError {
+    WorkerError::Topology(format!(
+        "declaring {what} failed: {} (an existing object with other settings must be deleted or renamed)",
+        crate::error::redact_urls(&e.to_string())
+    ))
+}

@@ -1,0 +1,177 @@
+//! Prometheus metrics, served at `/metrics`.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Every metric the worker exports (names prefixed `hljs_`).
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Messages finished, by key and outcome (`ok` or the error code).
+    pub messages: IntCounterVec,
+    /// Receipt to acknowledgement, by key.
+    pub message_seconds: HistogramVec,
+    /// Time inside the sandbox call, by key.
+    pub handler_seconds: HistogramVec,
+    /// Snapshot restores after a message, by key and result (`ok`, `rebuilt`, `lost`).
+    pub restores: IntCounterVec,
+    /// Configured sandboxes per key.
+    pub pool_size: IntGaugeVec,
+    /// Sandboxes currently running a message, by key.
+    pub pool_busy: IntGaugeVec,
+    /// Messages handed back to the queue (`nack` with requeue), by key and reason.
+    pub requeued: IntCounterVec,
+    /// Messages rejected to the dead-letter exchange by the worker, by key.
+    pub dead_lettered: IntCounterVec,
+    /// Broker sessions re-established after a lost connection.
+    pub reconnects: IntCounter,
+    /// 1 while a broker session is up.
+    pub broker_connected: IntGauge,
+}
+
+const BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+impl Metrics {
+    /// A fresh registry with every metric registered.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)
+                .unwrap_or_else(|e| unreachable_metric(name, e));
+            register(&registry, Box::new(c.clone()), name);
+            c
+        };
+        let hist_vec = |name: &str, help: &str| {
+            let h = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(BUCKETS.to_vec()),
+                &["key"],
+            )
+            .unwrap_or_else(|e| unreachable_metric(name, e));
+            register(&registry, Box::new(h.clone()), name);
+            h
+        };
+        let gauge_vec = |name: &str, help: &str| {
+            let g = IntGaugeVec::new(Opts::new(name, help), &["key"])
+                .unwrap_or_else(|e| unreachable_metric(name, e));
+            register(&registry, Box::new(g.clone()), name);
+            g
+        };
+        let messages = counter_vec(
+            "hljs_messages_total",
+            "Messages finished, by routing key and outcome (ok or error code).",
+            &["key", "outcome"],
+        );
+        let message_seconds = hist_vec(
+            "hljs_message_duration_seconds",
+            "Receipt of a message to its acknowledgement (or outcome line).",
+        );
+        let handler_seconds = hist_vec(
+            "hljs_handler_duration_seconds",
+            "Time inside the sandbox call.",
+        );
+        let restores = counter_vec(
+            "hljs_restores_total",
+            "Snapshot restores after a message, by result.",
+            &["key", "result"],
+        );
+        let pool_size = gauge_vec("hljs_pool_size", "Sandboxes configured per routing key.");
+        let pool_busy = gauge_vec("hljs_pool_busy", "Sandboxes currently running a message.");
+        let requeued = counter_vec(
+            "hljs_requeued_total",
+            "Messages handed back to their queue, by reason.",
+            &["key", "reason"],
+        );
+        let dead_lettered = counter_vec(
+            "hljs_dead_lettered_total",
+            "Messages the worker rejected to the dead-letter exchange.",
+            &["key"],
+        );
+        let reconnects = IntCounter::new(
+            "hljs_reconnects_total",
+            "Broker sessions re-established after a lost connection.",
+        )
+        .unwrap_or_else(|e| unreachable_metric("hljs_reconnects_total", e));
+        register(
+            &registry,
+            Box::new(reconnects.clone()),
+            "hljs_reconnects_total",
+        );
+        let broker_connected =
+            IntGauge::new("hljs_broker_connected", "1 while a broker session is up.")
+                .unwrap_or_else(|e| unreachable_metric("hljs_broker_connected", e));
+        register(
+            &registry,
+            Box::new(broker_connected.clone()),
+            "hljs_broker_connected",
+        );
+        Self {
+            registry,
+            messages,
+            message_seconds,
+            handler_seconds,
+            restores,
+            pool_size,
+            pool_busy,
+            requeued,
+            dead_lettered,
+            reconnects,
+            broker_connected,
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::warn!(error = %e, "cannot encode metrics");
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn register(registry: &Registry, c: Box<dyn prometheus::core::Collector>, name: &str) {
+    if let Err(e) = registry.register(c) {
+        unreachable_metric(name, e)
+    }
+}
+
+/// Metric definitions are constants: a failure here is a programming error
+/// caught by the unit test below, never a run-time condition.
+#[allow(clippy::panic)]
+fn unreachable_metric(name: &str, e: prometheus::Error) -> ! {
+    panic!("metric {name} is misdefined: {e}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_family_once_used() {
+        let m = Metrics::new();
+        m.messages.with_label_values(&["greet", "ok"]).inc();
+        m.message_seconds.with_label_values(&["greet"]).observe(0.1);
+        m.pool_size.with_label_values(&["greet"]).set(2);
+        m.reconnects.inc();
+        let text = m.render();
+        for name in [
+            "hljs_messages_total{key=\"greet\",outcome=\"ok\"} 1",
+            "hljs_message_duration_seconds_bucket",
+            "hljs_pool_size{key=\"greet\"} 2",
+            "hljs_reconnects_total 1",
+            "hljs_broker_connected 0",
+        ] {
+            assert!(text.contains(name), "{name} missing from\n{text}");
+        }
+    }
+}

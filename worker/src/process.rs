@@ -1,0 +1,355 @@
+//! One message: check → take a sandbox → call with limits → restore → outcome.
+//! Shared by the broker path and the stdin path, so both give the same codes.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyperlight_js_config::{HandlerConfig, TimeLimits};
+use hyperlight_js_engine::CallOptions;
+use serde::de::IgnoredAny;
+use tracing::{debug, info};
+
+use crate::error::WorkerError;
+use crate::metrics::Metrics;
+use crate::pool::Pool;
+
+/// The message body is larger than the handler's `max_message_bytes`.
+pub const ERR_MESSAGE_TOO_LARGE: &str = "ERR_MESSAGE_TOO_LARGE";
+/// The message body is not UTF-8 JSON.
+pub const ERR_INVALID_JSON: &str = "ERR_INVALID_JSON";
+/// A limit asked for in the message's headers (or an input line) is not a positive number.
+pub const ERR_INVALID_ARG: &str = "ERR_INVALID_ARG";
+/// No handler is configured for the routing key.
+pub const ERR_UNKNOWN_HANDLER: &str = "ERR_UNKNOWN_HANDLER";
+
+/// Failures caused by the worker's environment rather than the message: the
+/// broker path hands such a message back to the queue (up to the delivery
+/// limit) instead of publishing a final outcome.
+const RETRYABLE: &[&str] = &[
+    "ERR_INTERNAL",
+    "ERR_POISONED",
+    "ERR_NO_HYPERVISOR",
+    "ERR_CONSUMED",
+];
+
+/// Limits a message asks for; each is clamped to the handler's maximum.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RequestedLimits {
+    /// CPU-time limit.
+    pub cpu: Option<Duration>,
+    /// Wall-clock limit.
+    pub wall: Option<Duration>,
+}
+
+impl RequestedLimits {
+    /// The limits for one call: the request where given, the defaults
+    /// otherwise, never more than the maxima.
+    pub fn resolve(&self, limits: &TimeLimits) -> (Duration, Duration) {
+        let cpu = self.cpu.unwrap_or(limits.cpu).min(limits.max_cpu);
+        let wall = self.wall.unwrap_or(limits.wall).min(limits.max_wall);
+        (cpu, wall)
+    }
+}
+
+/// One message to process.
+#[derive(Debug)]
+pub struct Request {
+    /// Routing key.
+    pub key: String,
+    /// The body: the event as JSON.
+    pub body: Vec<u8>,
+    /// Limits asked for by the message.
+    pub limits: RequestedLimits,
+}
+
+/// A failed message: a stable code and a human message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// `ERR_…`.
+    pub code: &'static str,
+    /// For humans.
+    pub message: String,
+}
+
+impl Failure {
+    /// A failure with `code`.
+    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// Whether the cause is the worker's environment (see the broker path).
+    pub fn retryable(&self) -> bool {
+        RETRYABLE.contains(&self.code)
+    }
+}
+
+/// What a message produced.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The handler's result, as JSON text.
+    Success(String),
+    /// A failure.
+    Failure(Failure),
+}
+
+impl Outcome {
+    /// `None` for a success, else the error code.
+    pub fn code(&self) -> Option<&'static str> {
+        match self {
+            Self::Success(_) => None,
+            Self::Failure(f) => Some(f.code),
+        }
+    }
+
+    /// The metric label: `ok` or the code.
+    pub fn label(&self) -> &'static str {
+        self.code().unwrap_or("ok")
+    }
+
+    /// Whether the broker path should retry rather than publish.
+    pub fn retryable(&self) -> bool {
+        matches!(self, Self::Failure(f) if f.retryable())
+    }
+
+    /// The published body: the handler's JSON, or
+    /// `{"error":{"code":"ERR_…","message":"…"}}`.
+    pub fn to_json(&self) -> String {
+        match self {
+            Self::Success(json) => json.clone(),
+            Self::Failure(f) => error_json(f),
+        }
+    }
+}
+
+/// `{"error":{"code":…,"message":…}}`.
+pub fn error_json(f: &Failure) -> String {
+    serde_json::json!({ "error": { "code": f.code, "message": f.message } }).to_string()
+}
+
+/// A pool per routing key and each key's limits.
+#[derive(Debug)]
+pub struct Processor {
+    handlers: BTreeMap<String, Handler>,
+    metrics: Metrics,
+}
+
+#[derive(Debug)]
+struct Handler {
+    pool: Arc<Pool>,
+    limits: TimeLimits,
+    max_message_bytes: u64,
+}
+
+impl Processor {
+    /// Loads every handler's pool, two at a time (each load is one core's
+    /// work for a second or two). Fails on the first handler that does not
+    /// load, naming its key and file.
+    pub async fn load(handlers: &[HandlerConfig], metrics: Metrics) -> Result<Self, WorkerError> {
+        let started = std::time::Instant::now();
+        // Handlers with the same sandbox sizes share one runtime initialisation.
+        let mut groups: BTreeMap<(u64, u64, u64, u64), Vec<HandlerConfig>> = BTreeMap::new();
+        for h in handlers {
+            groups
+                .entry((
+                    h.heap_size,
+                    h.stack_size,
+                    h.max_message_bytes,
+                    h.max_result_bytes,
+                ))
+                .or_default()
+                .push(h.clone());
+        }
+        let groups: Vec<Vec<HandlerConfig>> = groups.into_values().collect();
+        let mut loaded = BTreeMap::new();
+        let parallel = std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .max(1);
+        for chunk in groups.chunks(parallel) {
+            let results = futures_util::future::join_all(
+                chunk
+                    .iter()
+                    .map(|g| Pool::load_group(g.clone(), metrics.clone())),
+            )
+            .await;
+            for (group, pools) in chunk.iter().zip(results) {
+                for (h, pool) in group.iter().zip(pools?) {
+                    loaded.insert(
+                        h.key.clone(),
+                        Handler {
+                            pool,
+                            limits: h.limits,
+                            max_message_bytes: h.max_message_bytes,
+                        },
+                    );
+                }
+            }
+        }
+        info!(
+            handlers = loaded.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "all sandbox pools loaded"
+        );
+        Ok(Self {
+            handlers: loaded,
+            metrics,
+        })
+    }
+
+    /// The configured routing keys.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.handlers.keys().map(String::as_str)
+    }
+
+    /// The pool of `key`.
+    pub fn pool(&self, key: &str) -> Option<&Arc<Pool>> {
+        self.handlers.get(key).map(|h| &h.pool)
+    }
+
+    /// Sandboxes over all pools.
+    pub fn total_pool_size(&self) -> usize {
+        self.handlers.values().map(|h| h.pool.size()).sum()
+    }
+
+    /// A pool that lost every sandbox (it cannot process anything).
+    pub fn dead_pool(&self) -> Option<&str> {
+        self.handlers
+            .values()
+            .find(|h| h.pool.capacity() == 0)
+            .map(|h| h.pool.key())
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Processes one message. Never fails: every failure is an [`Outcome::Failure`].
+    pub async fn process(&self, request: Request) -> Outcome {
+        let Request { key, body, limits } = request;
+        let Some(handler) = self.handlers.get(&key) else {
+            return Outcome::Failure(Failure::new(
+                ERR_UNKNOWN_HANDLER,
+                format!("no handler is configured for '{key}'"),
+            ));
+        };
+        if body.len() as u64 > handler.max_message_bytes {
+            return Outcome::Failure(Failure::new(
+                ERR_MESSAGE_TOO_LARGE,
+                format!(
+                    "the message is {} bytes, over the limit of {} bytes",
+                    body.len(),
+                    handler.max_message_bytes
+                ),
+            ));
+        }
+        let event = match String::from_utf8(body) {
+            Ok(s) => s,
+            Err(e) => {
+                return Outcome::Failure(Failure::new(
+                    ERR_INVALID_JSON,
+                    format!("the message is not UTF-8: {e}"),
+                ));
+            }
+        };
+        if let Err(e) = serde_json::from_str::<IgnoredAny>(&event) {
+            return Outcome::Failure(Failure::new(
+                ERR_INVALID_JSON,
+                format!("the message is not valid JSON: {e}"),
+            ));
+        }
+        let (cpu, wall) = limits.resolve(&handler.limits);
+        // No garbage collection after the call: the restore that follows discards the heap anyway.
+        let options = CallOptions::default()
+            .cpu_timeout(cpu)
+            .wall_clock_timeout(wall)
+            .gc(false);
+        let call = handler.pool.call(event, options).await;
+        self.metrics
+            .handler_seconds
+            .with_label_values(&[key.as_str()])
+            .observe(call.call_seconds);
+        match call.result {
+            Ok(json) => Outcome::Success(json),
+            Err(e) => {
+                debug!(key = %key, code = e.code(), error = %e, "handler failed");
+                Outcome::Failure(Failure::new(e.code(), e.to_string()))
+            }
+        }
+    }
+}
+
+/// Parses a timeout in milliseconds given by a message (`ERR_INVALID_ARG` if
+/// it is not a positive integer).
+pub fn parse_timeout_ms(name: &str, value: &str) -> Result<Duration, Failure> {
+    match value.trim().parse::<u64>() {
+        Ok(ms) if ms > 0 => Ok(Duration::from_millis(ms)),
+        _ => Err(Failure::new(
+            ERR_INVALID_ARG,
+            format!("{name} must be a positive number of milliseconds (got {value:?})"),
+        )),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    const LIMITS: TimeLimits = TimeLimits {
+        cpu: Duration::from_millis(100),
+        max_cpu: Duration::from_millis(500),
+        wall: Duration::from_millis(1000),
+        max_wall: Duration::from_millis(2000),
+    };
+
+    #[test]
+    fn requested_limits_are_clamped_to_the_maximum() {
+        assert_eq!(
+            RequestedLimits::default().resolve(&LIMITS),
+            (LIMITS.cpu, LIMITS.wall)
+        );
+        let shorter = RequestedLimits {
+            cpu: Some(Duration::from_millis(10)),
+            wall: Some(Duration::from_millis(20)),
+        };
+        assert_eq!(
+            shorter.resolve(&LIMITS),
+            (Duration::from_millis(10), Duration::from_millis(20))
+        );
+        let longer = RequestedLimits {
+            cpu: Some(Duration::from_secs(60)),
+            wall: Some(Duration::from_secs(60)),
+        };
+        assert_eq!(longer.resolve(&LIMITS), (LIMITS.max_cpu, LIMITS.max_wall));
+    }
+
+    #[test]
+    fn failures_serialize_with_code_and_message() {
+        let o = Outcome::Failure(Failure::new(ERR_INVALID_JSON, "bad \"json\""));
+        let v: serde_json::Value = serde_json::from_str(&o.to_json()).unwrap();
+        assert_eq!(v["error"]["code"], "ERR_INVALID_JSON");
+        assert_eq!(v["error"]["message"], "bad \"json\"");
+        assert_eq!(o.label(), "ERR_INVALID_JSON");
+        assert!(!o.retryable());
+        assert!(Outcome::Failure(Failure::new("ERR_INTERNAL", "x")).retryable());
+        assert_eq!(Outcome::Success("{}".into()).label(), "ok");
+    }
+
+    #[test]
+    fn timeouts_must_be_positive_integers() {
+        assert_eq!(
+            parse_timeout_ms("x", " 250 ").unwrap(),
+            Duration::from_millis(250)
+        );
+        for bad in ["0", "-1", "abc", "1.5", ""] {
+            assert_eq!(
+                parse_timeout_ms("x", bad).unwrap_err().code,
+                ERR_INVALID_ARG
+            );
+        }
+    }
+}
