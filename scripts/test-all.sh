@@ -18,10 +18,10 @@ cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "Rust tests: engine on real micro-VMs (guest user mode), worker end-to-end against RabbitMQ"
-cargo test --workspace --locked
+cargo test --workspace --locked --no-fail-fast
 
 step "engine tests again with the guest in kernel mode"
-HYPERLIGHT_JS_GUEST_MODE=kernel cargo test -p hyperlight-js-engine --locked
+HYPERLIGHT_JS_GUEST_MODE=kernel cargo test -p hyperlight-js-engine --locked --no-fail-fast
 
 step "Node.js package @hyperlight/js-host-api"
 bash node-api/ci.sh
