@@ -92,6 +92,21 @@ fn raw_sandbox(config: &SandboxConfig) -> (hyperlight_host::Sandbox, Arc<HlSnaps
     (sb, snap)
 }
 
+/// The engine's echo call, made straight through hyperlight-host.
+fn raw_echo(raw: &mut hyperlight_host::Sandbox) {
+    let args = (
+        EVENT_KEY.to_string(),
+        EVENT.to_string(),
+        false,
+        0u64,
+        0u64,
+        0u64,
+    );
+    let _: String = raw.call(guest_fn::CALL_HANDLER, args).expect("raw call");
+}
+
+const EVENT_KEY: &str = "echo";
+
 fn rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
@@ -134,36 +149,10 @@ fn main() {
 
     // Baselines: the same guest call and restore straight through hyperlight-host.
     let (mut raw, raw_snap) = raw_sandbox(&config);
-    let raw_call = Stats::measure(n, || {
-        let _: String = raw
-            .call(
-                guest_fn::CALL_HANDLER,
-                (
-                    "echo".to_string(),
-                    EVENT.to_string(),
-                    false,
-                    0u64,
-                    0u64,
-                    0u64,
-                ),
-            )
-            .expect("raw call");
-    });
+    let raw_call = Stats::measure(n, || raw_echo(&mut raw));
     let raw_restore = Stats::measure(n, || raw.restore(raw_snap.clone()).expect("raw restore"));
     let raw_call_restore = Stats::measure(n, || {
-        let _: String = raw
-            .call(
-                guest_fn::CALL_HANDLER,
-                (
-                    "echo".to_string(),
-                    EVENT.to_string(),
-                    false,
-                    0u64,
-                    0u64,
-                    0u64,
-                ),
-            )
-            .expect("raw call");
+        raw_echo(&mut raw);
         raw.restore(raw_snap.clone()).expect("raw restore");
     });
     row(

@@ -11,12 +11,7 @@ use hyperlight_js_engine::{CallOptions, LoadedJSSandbox, SandboxBuilder};
 use serde_json::{Value, json};
 
 fn load(code: &str) -> LoadedJSSandbox {
-    require_kvm();
-    let mut js = SandboxBuilder::new()
-        .build()
-        .unwrap()
-        .load_runtime()
-        .unwrap();
+    let mut js = common::runtime();
     js.add_handler("h", code).unwrap();
     js.get_loaded_sandbox().unwrap()
 }

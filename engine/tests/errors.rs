@@ -37,12 +37,7 @@ fn a_throwing_handler_gives_code_message_and_stack() {
 
 #[test]
 fn throwing_a_non_error_value_is_reported() {
-    require_kvm();
-    let mut js = SandboxBuilder::new()
-        .build()
-        .unwrap()
-        .load_runtime()
-        .unwrap();
+    let mut js = common::runtime();
     js.add_handler("str", "function handler() { throw 'plain'; }")
         .unwrap();
     js.add_handler(
@@ -61,12 +56,7 @@ fn throwing_a_non_error_value_is_reported() {
 
 #[test]
 fn a_syntax_error_is_named_at_load_time_and_the_sandbox_comes_back() {
-    require_kvm();
-    let mut js = SandboxBuilder::new()
-        .build()
-        .unwrap()
-        .load_runtime()
-        .unwrap();
+    let mut js = common::runtime();
     js.add_handler("good", "function handler(e) { return e; }")
         .unwrap();
     js.add_handler("broken", "function handler(e) { return e +; }")
@@ -91,12 +81,7 @@ fn a_syntax_error_is_named_at_load_time_and_the_sandbox_comes_back() {
 
 #[test]
 fn code_without_a_handler_function_does_not_load() {
-    require_kvm();
-    let mut js = SandboxBuilder::new()
-        .build()
-        .unwrap()
-        .load_runtime()
-        .unwrap();
+    let mut js = common::runtime();
     js.add_handler("none", "function other() {}").unwrap();
     let failed = js.get_loaded_sandbox().unwrap_err();
     assert_eq!(failed.error.code(), "ERR_COMPILE");
@@ -170,12 +155,7 @@ fn oversized_input_and_output() {
 
 #[test]
 fn a_result_that_is_not_json() {
-    require_kvm();
-    let mut js = SandboxBuilder::new()
-        .build()
-        .unwrap()
-        .load_runtime()
-        .unwrap();
+    let mut js = common::runtime();
     js.add_handler("bigint", "function handler() { return 10n; }")
         .unwrap();
     js.add_handler(

@@ -3,8 +3,8 @@
 
 mod common;
 
-use common::{base, require_kvm, sandbox};
-use hyperlight_js_engine::{CallOptions, Error, LoadedJSSandbox, SandboxBuilder};
+use common::{base, sandbox};
+use hyperlight_js_engine::{CallOptions, Error, LoadedJSSandbox};
 use serde_json::json;
 
 fn call(
@@ -53,12 +53,7 @@ fn every_json_type_round_trips() {
 #[test]
 fn each_handler_has_its_own_scope() {
     // Both define `handler` and a top-level `count`; neither sees the other's.
-    require_kvm();
-    let mut js = SandboxBuilder::new()
-        .build()
-        .unwrap()
-        .load_runtime()
-        .unwrap();
+    let mut js = common::runtime();
     js.add_handler(
         "a",
         "let count = 100; function handler() { return ++count; }",
@@ -100,12 +95,7 @@ fn unload_drops_handlers_and_state_and_new_ones_load() {
 
 #[test]
 fn remove_and_clear_handlers() {
-    require_kvm();
-    let mut js = SandboxBuilder::new()
-        .build()
-        .unwrap()
-        .load_runtime()
-        .unwrap();
+    let mut js = common::runtime();
     js.add_handler("a", "function handler() { return 'a'; }")
         .unwrap();
     js.add_handler("b", "function handler() { return 'b'; }")

@@ -3,7 +3,7 @@
 
 use std::sync::OnceLock;
 
-use hyperlight_js_engine::{LoadedJSSandbox, SandboxBuilder, Snapshot};
+use hyperlight_js_engine::{JSSandbox, LoadedJSSandbox, SandboxBuilder, Snapshot};
 
 /// Handlers used across the tests, by routing key.
 pub const HANDLERS: &[(&str, &str)] = &[
@@ -72,4 +72,14 @@ pub fn sandbox() -> (LoadedJSSandbox, Snapshot) {
     let snap = base();
     let sb = LoadedJSSandbox::from_snapshot(snap).expect("sandbox from snapshot");
     (sb, snap.clone())
+}
+
+/// A fresh sandbox with the runtime loaded and no handlers.
+pub fn runtime() -> JSSandbox {
+    require_kvm();
+    SandboxBuilder::new()
+        .build()
+        .expect("build")
+        .load_runtime()
+        .expect("load runtime")
 }

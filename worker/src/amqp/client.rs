@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use hyperlight_js_config::BrokerConfig;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Confirmation};
 
@@ -44,14 +44,7 @@ pub async fn publish(
     request: PublishRequest,
 ) -> Result<Option<Reply>, WorkerError> {
     let connection = super::connect::connect(broker, "hyperlight-js-worker publish").await?;
-    let channel = connection
-        .create_channel()
-        .await
-        .map_err(WorkerError::broker)?;
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .map_err(WorkerError::broker)?;
+    let channel = super::connect::confirm_channel(&connection).await?;
     let correlation_id = uuid::Uuid::new_v4().to_string();
     let mut replies = match request.wait {
         Some(_) => Some(

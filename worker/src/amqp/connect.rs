@@ -38,3 +38,19 @@ pub async fn connect(broker: &BrokerConfig, name: &str) -> Result<Connection, Wo
             ))
         })
 }
+
+/// Opens a channel with publisher confirms turned on: every publish of the
+/// worker and of `publish` waits for the broker's confirm.
+pub async fn confirm_channel(
+    connection: &lapin::Connection,
+) -> Result<lapin::Channel, WorkerError> {
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(WorkerError::broker)?;
+    channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .map_err(WorkerError::broker)?;
+    Ok(channel)
+}

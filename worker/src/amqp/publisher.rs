@@ -2,7 +2,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::BasicPublishOptions;
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use tracing::{Instrument, info_span};
@@ -54,14 +54,7 @@ impl Publisher {
         connection: &Connection,
         results_exchange: &str,
     ) -> Result<Self, WorkerError> {
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(WorkerError::broker)?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(WorkerError::broker)?;
+        let channel = super::connect::confirm_channel(connection).await?;
         Ok(Self {
             channel,
             results_exchange: results_exchange.into(),
