@@ -106,15 +106,10 @@ impl SandboxBuilder {
         let Some(builder) = self.builder.take() else {
             return rejected(env, Failure::consumed("SandboxBuilder"));
         };
-        let lane = match Lane::start() {
-            Ok(lane) => lane,
-            Err(f) => return rejected(env, f),
-        };
-        let lane2 = lane.clone();
-        lane.promise(
+        Lane::promise_on_new(
             env,
             move || builder.build().map_err(Failure::from),
-            move |_env, proto| Ok(ProtoJSSandbox::new(lane2, proto)),
+            |lane, proto| Ok(ProtoJSSandbox::new(lane, proto)),
         )
     }
 }

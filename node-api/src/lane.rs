@@ -93,6 +93,27 @@ impl Lane {
         });
         Ok(promise)
     }
+
+    /// Starts a new lane, runs `work` on it, and resolves with
+    /// `to_js(lane, value)`: how every new sandbox gets its own thread.
+    pub(crate) fn promise_on_new<'env, T, V, W, C>(
+        env: &'env Env,
+        work: W,
+        to_js: C,
+    ) -> napi::Result<Object<'env>>
+    where
+        T: Send + 'static,
+        V: ToNapiValue + 'static,
+        W: FnOnce() -> Result<T, Failure> + Send + 'static,
+        C: FnOnce(Arc<Lane>, T) -> napi::Result<V> + Send + 'static,
+    {
+        let lane = match Lane::start() {
+            Ok(lane) => lane,
+            Err(f) => return rejected(env, f),
+        };
+        let owner = lane.clone();
+        lane.promise(env, work, move |_env, value| to_js(owner, value))
+    }
 }
 
 type Resolver<V> = Box<dyn FnOnce(Env) -> napi::Result<V> + Send>;

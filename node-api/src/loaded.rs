@@ -206,15 +206,10 @@ impl LoadedJSSandbox {
     #[napi(js_name = "_fromSnapshot", ts_return_type = "Promise<LoadedJSSandbox>")]
     pub fn from_snapshot<'env>(env: &'env Env, snapshot: &Snapshot) -> napi::Result<Object<'env>> {
         let snap = snapshot.inner().clone();
-        let lane = match Lane::start() {
-            Ok(lane) => lane,
-            Err(f) => return rejected(env, f),
-        };
-        let lane2 = lane.clone();
-        lane.promise(
+        Lane::promise_on_new(
             env,
             move || engine::LoadedJSSandbox::from_snapshot(&snap).map_err(Failure::from),
-            move |_env, loaded| Ok(LoadedJSSandbox::new(lane2, loaded)),
+            |lane, loaded| Ok(LoadedJSSandbox::new(lane, loaded)),
         )
     }
 
