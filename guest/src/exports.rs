@@ -1,12 +1,12 @@
-//! The guest functions the engine calls (names in `hyperlight_js_abi::guest_fn`).
+//! The guest functions the engine calls (names in `hyperlight_js_abi::guest_fn`),
+//! reached through [`crate::dispatch`].
 //!
-//! With user mode on, each one does its work at CPL3 through
-//! [`usermode::run`]; the kernel part only dispatches and serves faults.
+//! With user mode on, each one runs at CPL3 and catches its own fatal
+//! faults through [`usermode::run`]; the kernel part only serves faults.
 
 use alloc::format;
 use alloc::string::String;
 
-use hyperlight_guest_bin::guest_function;
 use hyperlight_js_abi::{GuestErrorKind, encode_err, encode_ok};
 
 use crate::handlers::{self, reply};
@@ -42,8 +42,8 @@ fn in_mode(f: impl FnOnce() -> String) -> String {
     }
 }
 
-#[guest_function("LoadRuntime")]
-fn load_runtime(
+/// `LoadRuntime`: creates the QuickJS runtime; `user_mode` turns user mode on.
+pub fn load_runtime(
     max_stack: u64,
     memory_limit: u64,
     output_limit: u64,
@@ -64,16 +64,16 @@ fn load_runtime(
     })
 }
 
-#[guest_function("RegisterHandler")]
-fn register_handler(key: String, code: String) -> String {
+/// `RegisterHandler`: compiles a handler under a routing key.
+pub fn register_handler(key: String, code: String) -> String {
     in_mode(move || match handlers::register(&key, &code) {
         Ok(()) => encode_ok("null"),
         Err(f) => f.encode(),
     })
 }
 
-#[guest_function("CallHandler")]
-fn call_handler(
+/// `CallHandler`: runs a handler on one event.
+pub fn call_handler(
     key: String,
     event: String,
     gc: bool,
@@ -93,8 +93,7 @@ static PROBE_TARGET: u8 = 42;
 /// Test hook: reads one byte at `addr` from the mode handlers run in, so that
 /// tests can prove user mode cannot touch kernel pages. Address 0 reads a
 /// byte of the guest's own data (allowed), 1 the kernel page of user mode.
-#[guest_function("ProbeRead")]
-fn probe_read(addr: u64) -> String {
+pub fn probe_read(addr: u64) -> String {
     let addr = match addr {
         0 => &PROBE_TARGET as *const u8 as u64,
         1 => usermode::kernel_page(),
@@ -105,10 +104,4 @@ fn probe_read(addr: u64) -> String {
         let b = unsafe { (addr as *const u8).read_volatile() };
         encode_ok(&format!("{b}"))
     })
-}
-
-/// Kernel entries from user mode so far (for the benchmark).
-#[guest_function("TrapCount")]
-fn trap_count() -> u64 {
-    usermode::trap_count()
 }

@@ -17,6 +17,8 @@ extern crate alloc;
 #[cfg(target_os = "none")]
 mod clock;
 #[cfg(target_os = "none")]
+mod dispatch;
+#[cfg(target_os = "none")]
 mod exports;
 #[cfg(target_os = "none")]
 mod handlers;
@@ -27,7 +29,17 @@ mod libc_shims;
 #[cfg(target_os = "none")]
 mod runtime;
 #[cfg(target_os = "none")]
+mod transport;
+#[cfg(target_os = "none")]
 mod usermode;
+
+/// Called by hyperlight-guest-bin at the end of its initialisation; ends it
+/// with our own dispatch entry (see [`dispatch`]).
+#[cfg(target_os = "none")]
+#[unsafe(no_mangle)]
+pub extern "C" fn hyperlight_main() {
+    dispatch::finish_init()
+}
 
 /// On the host this crate is only a placeholder: the real binary exists for
 /// `x86_64-unknown-none` and is built by the engine's build script.

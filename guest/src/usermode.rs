@@ -27,8 +27,8 @@ use hyperlight_common::vmem::{BasicMapping, MappingKind, PAGE_SIZE};
 
 /// System call: leave user mode (the job is done).
 pub const SYS_EXIT: u64 = 0;
-/// System call: run the host request at `rdi` (see `crate::host`).
-pub const SYS_HOST: u64 = 1;
+/// System call: the number of kernel entries so far, in `rax`.
+pub const SYS_TRAPS: u64 = 1;
 
 /// Top of the user stack: a region of its own, outside every hyperlight region.
 const USTACK_TOP: u64 = 0xffff_f000_1000_0000;
@@ -36,6 +36,7 @@ const USTACK_TOP: u64 = 0xffff_f000_1000_0000;
 const PTE_PRESENT: u64 = 1;
 const PTE_RW: u64 = 1 << 1;
 const PTE_USER: u64 = 1 << 2;
+const PTE_LARGE: u64 = 1 << 7;
 const PTE_COW: u64 = 1 << 9;
 const PTE_ADDR: u64 = 0x000F_FFFF_FFFF_F000;
 
@@ -73,6 +74,9 @@ struct KState {
     /// Kernel entries from user mode since the runtime was loaded.
     traps: u64,
     fault: Option<Fault>,
+    /// The transport arena (virtqueue rings, pools, mailbox): user mode
+    /// serves calls itself, so these scratch pages are open to it.
+    arena: [u64; 2],
 }
 const _: () = assert!(core::mem::size_of::<KState>() == 4096);
 
@@ -89,6 +93,7 @@ static mut KPAGE: KState = KState {
     ustack_limit: 0,
     traps: 0,
     fault: None,
+    arena: [0; 2],
 };
 
 /// Set while a user run is in progress (read by user code to pick the
@@ -247,7 +252,60 @@ global_asm!(
     handler = sym hljs_user_trap,
 );
 
+/// A point user mode resumes at when one of its faults is fatal: like a
+/// signal handler plus `longjmp`, so that the fault becomes an `Err` of
+/// [`run`] without a trip back through the kernel's dispatch.
+#[repr(C)]
+#[derive(Default)]
+struct Landing {
+    rsp: u64,
+    rip: u64,
+    /// The enclosing landing (they nest).
+    prev: u64,
+    /// The fault, written by the kernel: kind, then two values.
+    kind: u64,
+    a: u64,
+    b: u64,
+}
+
+/// The innermost landing, in user memory: only user mode relies on it, and
+/// the kernel checks that it points at user memory before it writes there.
+static mut USER_LANDING: u64 = 0;
+
+global_asm!(
+    // hljs_try(f: rdi, arg: rsi, landing: rdx) -> 0 when f(arg) returned,
+    // 1 when the kernel resumed at the landing after a fatal fault.
+    ".global hljs_try",
+    "hljs_try:",
+    "push rbx", "push rbp", "push r12", "push r13", "push r14", "push r15",
+    "sub rsp, 8",
+    "mov r12, rdx",
+    "mov [r12], rsp",
+    "lea rax, [rip + 2f]",
+    "mov [r12 + 8], rax",
+    "mov rax, [rip + {landing}]",
+    "mov [r12 + 16], rax",
+    "mov [rip + {landing}], r12",
+    "mov rax, rdi",
+    "mov rdi, rsi",
+    "call rax",
+    "xor eax, eax",
+    "jmp 3f",
+    // The kernel resumes here with rsp = landing.rsp and rdi = the landing.
+    "2:",
+    "mov r12, rdi",
+    "mov eax, 1",
+    "3:",
+    "mov rcx, [r12 + 16]",
+    "mov [rip + {landing}], rcx",
+    "add rsp, 8",
+    "pop r15", "pop r14", "pop r13", "pop r12", "pop rbp", "pop rbx",
+    "ret",
+    landing = sym USER_LANDING,
+);
+
 unsafe extern "C" {
+    fn hljs_try(f: u64, arg: u64, landing: *mut Landing) -> u64;
     fn hljs_enter_user(entry: u64, user_rsp: u64, arg: u64) -> u64;
     fn hljs_trap_ud();
     fn hljs_trap_gp();
@@ -304,8 +362,23 @@ pub fn init(stack_size: u64) {
         (*k).orig_gp = gate(idt, 13, hljs_trap_gp as *const () as u64);
         (*k).orig_pf = gate(idt, 14, hljs_trap_pf as *const () as u64);
         (*k).ustack_limit = USTACK_TOP - stack_size.next_multiple_of(PAGE_SIZE as u64);
+        (*k).arena = crate::transport::arena_range().map_or([0; 2], |(lo, hi)| [lo, hi]);
     }
     ENABLED.store(true, Ordering::Relaxed);
+}
+
+/// Runs `entry` in user mode as the whole of a call from the host; it ends
+/// with `SYS_EXIT`. A fault that no [`run`] catches aborts the call.
+pub fn serve_in_user(entry: extern "C" fn(u64) -> !) {
+    IN_USER.store(true, Ordering::Relaxed);
+    // SAFETY: kernel mode; `entry` is in the image, the user stack region is ours.
+    let status = unsafe { hljs_enter_user(entry as *const () as u64, USTACK_TOP - 8, 0) };
+    IN_USER.store(false, Ordering::Relaxed);
+    if status != STATUS_EXIT {
+        // SAFETY: kernel-page field read.
+        let fault = unsafe { (*kstate()).fault };
+        panic!("user mode faulted outside any handler: {fault:?}");
+    }
 }
 
 /// Points IDT vector `v` at `handler`, returning the old handler's address.
@@ -325,6 +398,9 @@ unsafe fn gate(idt: *mut u64, v: usize, handler: u64) -> u64 {
 
 /// Kernel entries from user mode so far (faults and system calls).
 pub fn trap_count() -> u64 {
+    if in_user() {
+        return syscall(SYS_TRAPS, 0);
+    }
     // SAFETY: plain read of a kernel-page field, in kernel mode.
     unsafe { (*kstate()).traps }
 }
@@ -335,12 +411,17 @@ pub fn kernel_page() -> u64 {
 }
 
 /// Runs `f` in user mode and returns its result, or the fault that ended it.
+/// From kernel mode it enters user mode for `f`; from user mode it only sets
+/// a landing for faults.
 pub fn run<R>(f: impl FnOnce() -> R) -> Result<R, Fault> {
-    let mut out: Box<Option<R>> = Box::new(None);
-    let out_ptr: *mut Option<R> = &mut *out;
+    if in_user() {
+        return catch(f);
+    }
+    let mut out: Box<Option<Result<R, Fault>>> = Box::new(None);
+    let out_ptr: *mut Option<Result<R, Fault>> = &mut *out;
     let job = move || {
         // SAFETY: `out` outlives the user run and nothing else touches it meanwhile.
-        unsafe { out_ptr.write(Some(f())) }
+        unsafe { out_ptr.write(Some(catch(f))) }
     };
     let mut job: Box<Option<_>> = Box::new(Some(job));
     let entry = trampoline_for(&*job);
@@ -353,15 +434,64 @@ pub fn run<R>(f: impl FnOnce() -> R) -> Result<R, Fault> {
         hljs_enter_user(entry, USTACK_TOP - 8, &mut *job as *mut _ as u64)
     };
     IN_USER.store(false, Ordering::Relaxed);
+    // SAFETY: kernel mode, after the run.
+    let fault = unsafe { (*k).fault }.unwrap_or(Fault::Other { vector: 0, rip: 0 });
     match status {
-        // SAFETY: kernel mode, after the run.
-        STATUS_EXIT => out
-            .take()
-            .ok_or(unsafe { (*k).fault }.unwrap_or(Fault::Other { vector: 6, rip: 0 })),
-        // SAFETY: as above.
-        _ => Err(unsafe { (*k).fault }.unwrap_or(Fault::Other { vector: 0, rip: 0 })),
+        STATUS_EXIT => out.take().unwrap_or(Err(fault)),
+        _ => Err(fault),
     }
 }
+
+/// A closure and its result, handed to [`hljs_try`] by address.
+struct Job<F, R> {
+    f: Option<F>,
+    out: Option<R>,
+}
+
+extern "C" fn call_job<F: FnOnce() -> R, R>(job: u64) {
+    // SAFETY: `catch` passes a pointer to its live `Job<F, R>`.
+    let job = unsafe { &mut *(job as *mut Job<F, R>) };
+    if let Some(f) = job.f.take() {
+        job.out = Some(f());
+    }
+}
+
+/// Runs `f` (in user mode) with a landing for its fatal faults.
+fn catch<R, F: FnOnce() -> R>(f: F) -> Result<R, Fault> {
+    let mut job = Job::<F, R> {
+        f: Some(f),
+        out: None,
+    };
+    let mut landing = Landing::default();
+    // SAFETY: `hljs_try` calls `call_job` with `job` and returns normally, or
+    // resumes at its landing after a fault; either way `job` and `landing`
+    // are still live in this frame (a fault abandons only the frames below).
+    let faulted = unsafe {
+        hljs_try(
+            call_job::<F, R> as *const () as u64,
+            &mut job as *mut Job<F, R> as u64,
+            &mut landing,
+        )
+    };
+    if faulted == 0 {
+        return job.out.ok_or(Fault::Other { vector: 0, rip: 0 });
+    }
+    Err(match landing.kind {
+        LANDING_STACK => Fault::StackOverflow,
+        LANDING_ACCESS => Fault::Access {
+            addr: landing.a,
+            rip: landing.b,
+        },
+        _ => Fault::Other {
+            vector: landing.a,
+            rip: landing.b,
+        },
+    })
+}
+
+const LANDING_STACK: u64 = 0;
+const LANDING_ACCESS: u64 = 1;
+const LANDING_OTHER: u64 = 2;
 
 fn trampoline_for<G: FnOnce()>(_: &Option<G>) -> u64 {
     trampoline::<G> as *const () as u64
@@ -398,39 +528,108 @@ extern "C" fn hljs_user_trap(cr2: u64) -> u64 {
         match (*k).vector {
             6 => match (*k).user[0] {
                 SYS_EXIT => STATUS_EXIT,
-                SYS_HOST => {
-                    let arg = (*k).user[5];
-                    (*k).user[0] = crate::host::serve(arg);
+                SYS_TRAPS => {
+                    (*k).user[0] = (*k).traps;
                     (*k).frame[0] = rip + 2;
                     STATUS_RESUME
                 }
-                _ => fault(Fault::Other { vector: 6, rip }),
+                _ => deliver(Fault::Other { vector: 6, rip }),
             },
+            13 if emulate_out(rip) => STATUS_RESUME,
             14 => match page_fault(cr2, (*k).err) {
                 Ok(()) => STATUS_RESUME,
-                Err(f) => fault(f),
+                Err(f) => deliver(f),
             },
-            v => fault(Fault::Other { vector: v, rip }),
+            v => deliver(Fault::Other { vector: v, rip }),
         }
     }
 }
 
-fn fault(f: Fault) -> u64 {
-    // SAFETY: kernel mode, single vCPU.
-    unsafe { (*kstate()).fault = Some(f) };
-    STATUS_FAULT
+/// Does the `out` that user mode may not do (IOPL is 0 at CPL3 on kvm-pvm),
+/// for the two ports user mode needs: the virtqueue notification that makes
+/// the host serve a host-function call, and the abort stream of a panic.
+fn emulate_out(rip: u64) -> bool {
+    use hyperlight_common::outb::OutBAction;
+    if !user_range(rip, 1) {
+        return false;
+    }
+    let k = kstate();
+    // SAFETY: `rip` is user memory (checked); the saved registers are on the kernel page.
+    let (op, port, value) = unsafe {
+        (
+            (rip as *const u8).read_volatile(),
+            (*k).user[3] as u16,
+            (*k).user[0] as u32,
+        )
+    };
+    if port != OutBAction::VirtqNotify as u16 && port != OutBAction::Abort as u16 {
+        return false;
+    }
+    // SAFETY: the host handles these ports; the value is user mode's own.
+    unsafe {
+        match op {
+            0xEF => asm!("out dx, eax", in("dx") port, in("eax") value, options(nostack)),
+            0xEE => asm!("out dx, al", in("dx") port, in("al") value as u8, options(nostack)),
+            _ => return false,
+        }
+        (*k).frame[0] = rip + 1;
+    }
+    true
 }
 
-/// May user mode touch `addr`? The low half (image, heap) except the
-/// kernel page, and the user stack region.
-fn user_allowed(addr: u64) -> bool {
-    let kpage = kstate() as u64;
-    if addr < 0x0000_8000_0000_0000 {
-        return !(kpage..kpage + PAGE_SIZE as u64).contains(&addr);
+/// Ends a user computation on a fatal fault: resumes user mode at its
+/// innermost landing (see [`run`]), or, with none, returns to the kernel.
+fn deliver(f: Fault) -> u64 {
+    let k = kstate();
+    // SAFETY: a plain read of a user-memory static, in kernel mode.
+    let at = unsafe { (&raw const USER_LANDING).read_volatile() };
+    let size = core::mem::size_of::<Landing>() as u64;
+    if at == 0 || !at.is_multiple_of(8) || !user_range(at, size) {
+        // SAFETY: kernel mode, single vCPU.
+        unsafe { (*k).fault = Some(f) };
+        return STATUS_FAULT;
     }
-    // SAFETY: read of a kernel-page field in kernel mode.
-    let limit = unsafe { (*kstate()).ustack_limit };
-    (limit - PAGE_SIZE as u64..USTACK_TOP).contains(&addr)
+    let (kind, a, b) = match f {
+        Fault::StackOverflow => (LANDING_STACK, 0, 0),
+        Fault::Access { addr, rip } => (LANDING_ACCESS, addr, rip),
+        Fault::Other { vector, rip } => (LANDING_OTHER, vector, rip),
+    };
+    let l = at as *mut Landing;
+    // SAFETY: `l` is an aligned `Landing` in user memory (checked above);
+    // user mode is stopped. The resumed rip and rsp are user mode's own.
+    unsafe {
+        (&raw mut (*l).kind).write_volatile(kind);
+        (&raw mut (*l).a).write_volatile(a);
+        (&raw mut (*l).b).write_volatile(b);
+        (*k).frame[0] = (&raw const (*l).rip).read_volatile();
+        (*k).frame[3] = (&raw const (*l).rsp).read_volatile();
+        (*k).user[5] = at;
+        (*k).fault = Some(f);
+    }
+    STATUS_RESUME
+}
+
+/// The address ranges user mode may touch: the low half (image, heap)
+/// except the kernel page, the transport arena, and the user stack, with its
+/// guard page if `guard` (a fault there is a stack overflow).
+fn user_regions(guard: bool) -> [(u64, u64); 4] {
+    let k = kstate();
+    let kpage = k as u64;
+    // SAFETY: reads of kernel-page fields in kernel mode.
+    let (limit, arena) = unsafe { ((*k).ustack_limit, (*k).arena) };
+    [
+        (0, kpage),
+        (kpage + PAGE_SIZE as u64, 0x0000_8000_0000_0000),
+        (arena[0], arena[1]),
+        (limit - if guard { PAGE_SIZE as u64 } else { 0 }, USTACK_TOP),
+    ]
+}
+
+/// May user mode touch `addr`?
+fn user_allowed(addr: u64) -> bool {
+    user_regions(true)
+        .iter()
+        .any(|&(lo, hi)| (lo..hi).contains(&addr))
 }
 
 /// Whether `[ptr, ptr + len)` lies in user-accessible memory.
@@ -438,10 +637,9 @@ pub fn user_range(ptr: u64, len: u64) -> bool {
     let Some(end) = ptr.checked_add(len) else {
         return false;
     };
-    end < 0x0000_8000_0000_0000 && {
-        let kpage = kstate() as u64;
-        end <= kpage || ptr >= kpage + PAGE_SIZE as u64
-    }
+    user_regions(false)
+        .iter()
+        .any(|&(lo, hi)| lo <= ptr && end <= hi)
 }
 
 fn pt_entry(table: u64, va: u64, level: u32) -> Option<*mut u64> {
@@ -463,7 +661,8 @@ fn open_walk(va: u64) -> Option<*mut u64> {
         let e = pt_entry(table, va, level)?;
         // SAFETY: `e` points into a live page table in scratch memory.
         let v = unsafe { e.read_volatile() };
-        if v & PTE_PRESENT == 0 {
+        // A large page would open its neighbours too: refuse it.
+        if v & PTE_PRESENT == 0 || (level < 3 && v & PTE_LARGE != 0) {
             return None;
         }
         if v & PTE_USER == 0 {

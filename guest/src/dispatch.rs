@@ -1,0 +1,240 @@
+//! Our own entry for calls from the host, replacing hyperlight-guest-bin's.
+//!
+//! hyperlight-guest-bin decodes every call (virtqueue poll, flatbuffer
+//! decode, result encode) in kernel mode. On kvm-pvm kernel mode is emulated
+//! at ~1 µs per instruction, which made a trivial call cost ~17 ms. Here the
+//! kernel part of a call is a handful of instructions: [`hljs_dispatch`]
+//! drops straight to user mode, where [`serve_one`] does all the transport
+//! and decoding natively, and comes back through one `ud2` system call.
+//!
+//! The host learns the dispatch address from `rax` at the halt that ends
+//! initialisation, so [`finish_init`] ends initialisation itself (instead of
+//! returning to hyperlight-guest-bin's `generic_init`) with our address.
+//! Until user mode is enabled (by `LoadRuntime`), the same [`serve_one`]
+//! runs in kernel mode, exactly like the stock guest.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::arch::{asm, global_asm};
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use hyperlight_common::flatbuffer_wrappers::function_call::{FunctionCall, FunctionCallType};
+use hyperlight_common::flatbuffer_wrappers::function_types::{
+    FunctionCallResult, ParameterValue, ReturnValue,
+};
+use hyperlight_common::flatbuffer_wrappers::guest_error::{ErrorCode, GuestError};
+use hyperlight_common::outb::VmAction;
+use hyperlight_guest::error::HyperlightGuestError;
+use hyperlight_js_abi::guest_fn;
+
+use crate::transport::{self, Action, Transport};
+use crate::{exports, usermode};
+
+global_asm!(
+    // The host enters here at CPL0 for every call, with a 16-byte aligned
+    // stack and ZF set when the TLB must be flushed (first call after a
+    // restore). Toggling CR4.PGE flushes it, global entries included.
+    ".global hljs_dispatch",
+    "hljs_dispatch:",
+    ".cfi_startproc",
+    ".cfi_undefined rip",
+    "jnz 2f",
+    "mov rdi, cr4",
+    "xor rdi, 0x80",
+    "mov cr4, rdi",
+    "xor rdi, 0x80",
+    "mov cr4, rdi",
+    "2:",
+    "call {kernel_dispatch}",
+    "mov dx, {halt}",
+    "out dx, eax",
+    "cli",
+    "hlt",
+    ".cfi_endproc",
+    kernel_dispatch = sym kernel_dispatch,
+    halt = const VmAction::Halt as u16,
+);
+
+unsafe extern "C" {
+    fn hljs_dispatch();
+}
+
+/// Ends guest initialisation: readies the transport for the host's first
+/// snapshot and halts with our dispatch address in `rax`, where the host
+/// reads it. Never returns; the host enters [`hljs_dispatch`] from now on,
+/// on the stack as it is at this halt.
+pub fn finish_init() -> ! {
+    if let Err(e) = transport::install().and_then(|()| transport::with(Transport::checkpoint)) {
+        panic!("transport set-up failed: {e}");
+    }
+    // SAFETY: the halt protocol of hyperlight 0.18: `out` to the halt port,
+    // then `hlt`; the host requires a 16-byte aligned stack at this point.
+    unsafe {
+        asm!(
+            "and rsp, -16",
+            "out dx, eax",
+            "cli",
+            "hlt",
+            in("rax") hljs_dispatch as *const () as u64,
+            in("dx") VmAction::Halt as u16,
+            options(noreturn)
+        )
+    }
+}
+
+/// Kernel part of a call: refresh the transport after a restore, then serve
+/// the call in user mode when it is enabled.
+extern "C" fn kernel_dispatch() {
+    GENERATION.store(transport::generation(), Ordering::Relaxed);
+    if usermode::enabled() {
+        usermode::serve_in_user(user_dispatch);
+    } else {
+        serve_one();
+    }
+}
+
+/// First user-mode function of a call.
+extern "C" fn user_dispatch(_: u64) -> ! {
+    serve_one();
+    usermode::syscall(usermode::SYS_EXIT, 0);
+    // SYS_EXIT does not come back.
+    loop {
+        core::hint::spin_loop();
+    }
+}
+
+/// The snapshot generation, copied here by the kernel at each entry (user
+/// mode cannot read the scratch metadata page it lives on).
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// Receives one call from the host, runs it and sends the result. A
+/// transport failure aborts the call: the host sees a guest abort.
+fn serve_one() {
+    let generation = GENERATION.load(Ordering::Relaxed);
+    let action = match transport::with(|t| {
+        t.refresh(generation)?;
+        t.receive()
+    }) {
+        Ok(action) => action,
+        Err(e) => panic!("could not receive the host's call: {e}"),
+    };
+    let sent = match action {
+        Action::Call(cid, call) => {
+            let result = call_guest_function(call).map_err(|e| GuestError::new(e.kind, e.message));
+            transport::with(|t| t.send_result(cid, FunctionCallResult::new(result)))
+        }
+        Action::Checkpoint => transport::with(Transport::checkpoint),
+    };
+    if let Err(e) = sent {
+        panic!("could not answer the host: {e}");
+    }
+}
+
+type CallResult = Result<ReturnValue, HyperlightGuestError>;
+
+fn mismatch(name: &str) -> HyperlightGuestError {
+    HyperlightGuestError::new(
+        ErrorCode::GuestFunctionParameterTypeMismatch,
+        format!("wrong parameters for guest function {name}"),
+    )
+}
+
+/// Runs the guest function the host named.
+fn call_guest_function(call: FunctionCall) -> CallResult {
+    if call.function_call_type() != FunctionCallType::Guest {
+        return Err(HyperlightGuestError::new(
+            ErrorCode::GuestError,
+            String::from("only guest function calls can be dispatched"),
+        ));
+    }
+    let name = call.function_name;
+    let mut args = Args(call.parameters.unwrap_or_default().into_iter());
+    let out = match name.as_str() {
+        guest_fn::LOAD_RUNTIME => {
+            let (Some(stack), Some(mem), Some(output), Some(fns), Some(user)) = (
+                args.u64(),
+                args.u64(),
+                args.u64(),
+                args.string(),
+                args.bool(),
+            ) else {
+                return Err(mismatch(&name));
+            };
+            args.end(&name)?;
+            ReturnValue::String(exports::load_runtime(stack, mem, output, fns, user))
+        }
+        guest_fn::REGISTER_HANDLER => {
+            let (Some(key), Some(code)) = (args.string(), args.string()) else {
+                return Err(mismatch(&name));
+            };
+            args.end(&name)?;
+            ReturnValue::String(exports::register_handler(key, code))
+        }
+        guest_fn::CALL_HANDLER => {
+            let (Some(key), Some(event), Some(gc), Some(seed), Some(now), Some(hz)) = (
+                args.string(),
+                args.string(),
+                args.bool(),
+                args.u64(),
+                args.u64(),
+                args.u64(),
+            ) else {
+                return Err(mismatch(&name));
+            };
+            args.end(&name)?;
+            ReturnValue::String(exports::call_handler(key, event, gc, seed, now, hz))
+        }
+        guest_fn::PROBE_READ => {
+            let Some(addr) = args.u64() else {
+                return Err(mismatch(&name));
+            };
+            args.end(&name)?;
+            ReturnValue::String(exports::probe_read(addr))
+        }
+        guest_fn::TRAP_COUNT => {
+            args.end(&name)?;
+            ReturnValue::ULong(usermode::trap_count())
+        }
+        _ => {
+            return Err(HyperlightGuestError::new(
+                ErrorCode::GuestFunctionNotFound,
+                format!("no guest function named {name:?}"),
+            ));
+        }
+    };
+    Ok(out)
+}
+
+/// The parameters of one call, taken in order.
+struct Args(<Vec<ParameterValue> as IntoIterator>::IntoIter);
+
+impl Args {
+    fn u64(&mut self) -> Option<u64> {
+        match self.0.next()? {
+            ParameterValue::ULong(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    fn bool(&mut self) -> Option<bool> {
+        match self.0.next()? {
+            ParameterValue::Bool(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    fn string(&mut self) -> Option<String> {
+        match self.0.next()? {
+            ParameterValue::String(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    fn end(&mut self, name: &str) -> Result<(), HyperlightGuestError> {
+        match self.0.next() {
+            None => Ok(()),
+            Some(_) => Err(mismatch(name)),
+        }
+    }
+}
