@@ -85,6 +85,23 @@ fn compute_runs_natively_and_counts_few_kernel_entries() {
     assert!(entries < 200, "{entries} kernel entries for one warm call");
 }
 
+/// The whole call (transport, decoding, handler, result) runs in user mode:
+/// a warm call enters the guest kernel only to leave user mode at its end,
+/// plus the trap-count query itself.
+#[test]
+fn a_warm_call_enters_the_guest_kernel_only_to_finish() {
+    let (mut sb, _) = user_sandbox();
+    let opts = CallOptions::default().gc(false);
+    sb.call_handler("sum", &json!({"n": 3}), &opts).unwrap();
+    sb.call_handler("sum", &json!({"n": 3}), &opts).unwrap();
+    let a = sb.guest_kernel_entries().unwrap();
+    sb.call_handler("sum", &json!({"n": 3}), &opts).unwrap();
+    let b = sb.guest_kernel_entries().unwrap();
+    // One exit for the handler call, one for the first count query, and
+    // one system call inside that query.
+    assert!(b - a <= 3, "{} kernel entries for a warm call", b - a);
+}
+
 #[test]
 fn kernel_mode_still_works() {
     assert!(

@@ -65,6 +65,9 @@ unsafe extern "C" {
 /// reads it. Never returns; the host enters [`hljs_dispatch`] from now on,
 /// on the stack as it is at this halt.
 pub fn finish_init() -> ! {
+    // hyperlight-guest-bin's logger writes through its own transport context,
+    // which this guest has replaced: keep it silent.
+    log::set_max_level(log::LevelFilter::Off);
     if let Err(e) = transport::install().and_then(|()| transport::with(Transport::checkpoint)) {
         panic!("transport set-up failed: {e}");
     }

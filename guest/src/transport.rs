@@ -183,7 +183,8 @@ pub fn with<R>(f: impl FnOnce(&mut Transport) -> Result<R, Error>) -> Result<R, 
         .0
         .try_borrow_mut()
         .map_err(|_| String::from("transport in use"))?;
-    f(t.as_mut().ok_or_else(|| String::from("transport not installed"))?)
+    f(t.as_mut()
+        .ok_or_else(|| String::from("transport not installed"))?)
 }
 
 /// The arena range `[lo, hi)` from the dimensions the host publishes in
@@ -325,7 +326,9 @@ impl Transport {
         while payload.len() < want {
             let more = self.next_h2g()?;
             if more.is_empty() || payload.len() + more.len() > want {
-                return Err(String::from("H2G continuation does not fit the declared length"));
+                return Err(String::from(
+                    "H2G continuation does not fit the declared length",
+                ));
             }
             payload.append(more);
         }
