@@ -102,6 +102,46 @@ fn a_warm_call_enters_the_guest_kernel_only_to_finish() {
     assert!(b - a <= 3, "{} kernel entries for a warm call", b - a);
 }
 
+/// After a restore every heap page is copy-on-write again, and user mode
+/// copies each one itself on first touch (the kernel only swaps the page):
+/// megabytes of state built before the snapshot must read back exactly,
+/// including through a backward `memmove` (`copyWithin` shifting right).
+#[test]
+fn copy_on_write_after_restore_keeps_every_byte() {
+    let mut js = SandboxBuilder::new()
+        .guest_mode(GuestMode::User)
+        .build()
+        .unwrap()
+        .load_runtime()
+        .unwrap();
+    js.add_handler(
+        "state",
+        "const big = new Float64Array(200000); for (let i = 0; i < big.length; i++) big[i] = i * 1.5;
+         const bytes = new Uint8Array(300000); for (let i = 0; i < bytes.length; i++) bytes[i] = i & 255;
+         function handler(e) {
+           let s = 0; for (let i = 0; i < big.length; i++) s += big[i];
+           big[e.i] = -1;
+           bytes.copyWithin(1, 0, bytes.length - 1);
+           let ok = true;
+           for (let i = 1; i < bytes.length; i++) if (bytes[i] !== ((i - 1) & 255)) { ok = false; break; }
+           return { s, ok };
+         }",
+    )
+    .unwrap();
+    let mut sb = js.get_loaded_sandbox().unwrap();
+    let snap = sb.snapshot().unwrap();
+    let opts = CallOptions::default().wall_clock_timeout(std::time::Duration::from_secs(30));
+    for i in 0..3 {
+        sb.restore(&snap).unwrap();
+        let out = sb.call_handler("state", &json!({ "i": i }), &opts).unwrap();
+        assert_eq!(
+            out,
+            json!({ "s": 29_999_850_000u64, "ok": true }),
+            "run {i}"
+        );
+    }
+}
+
 #[test]
 fn kernel_mode_still_works() {
     assert!(

@@ -33,6 +33,9 @@ use hyperlight_common::vmem::{BasicMapping, MappingKind, PAGE_SIZE};
 pub const SYS_EXIT: u64 = 0;
 /// System call: the number of kernel entries so far, in `rax`.
 pub const SYS_TRAPS: u64 = 1;
+/// A one-page window through which user mode reads the old page of a
+/// copy-on-write (read-only; its content is user mode's own data anyway).
+const COPY_WINDOW: u64 = 0xffff_f000_2000_0000;
 
 /// Top of the user stack: a region of its own, outside every hyperlight region.
 const USTACK_TOP: u64 = 0xffff_f000_1000_0000;
@@ -41,6 +44,7 @@ const PTE_PRESENT: u64 = 1;
 const PTE_RW: u64 = 1 << 1;
 const PTE_USER: u64 = 1 << 2;
 const PTE_LARGE: u64 = 1 << 7;
+const RFLAGS_DF: u64 = 1 << 10;
 const PTE_COW: u64 = 1 << 9;
 const PTE_ADDR: u64 = 0x000F_FFFF_FFFF_F000;
 
@@ -81,6 +85,13 @@ struct KState {
     /// The transport arena (virtqueue rings, pools, mailbox): user mode
     /// serves calls itself, so these scratch pages are open to it.
     arena: [u64; 2],
+    /// Scratch physical and virtual base, to read page tables without
+    /// going through hyperlight's metadata reads at every level.
+    scratch: [u64; 2],
+    /// The copy window's leaf entry, and the snapshot generation it is valid for.
+    window: [u64; 2],
+    /// The heap, where a read fault on a copy-on-write page copies it at once.
+    heap: [u64; 2],
 }
 const _: () = assert!(core::mem::size_of::<KState>() == 4096);
 
@@ -98,6 +109,9 @@ static mut KPAGE: KState = KState {
     traps: 0,
     fault: None,
     arena: [0; 2],
+    scratch: [0; 2],
+    window: [0; 2],
+    heap: [0; 2],
 };
 
 /// Set while a user run is in progress (read by user code to pick the
@@ -308,7 +322,50 @@ global_asm!(
     landing = sym USER_LANDING,
 );
 
+/// What [`hljs_cow_copy`] copies and where it resumes, written by the
+/// kernel; then three registers it saves. User memory: it is user mode's
+/// own copy of its own page. A page of its own, so that it is never the
+/// page being copied.
+#[repr(C, align(4096))]
+struct CowCopy {
+    src: u64,
+    dst: u64,
+    rip: u64,
+    saved: [u64; 3],
+}
+
+static mut COW_COPY: CowCopy = CowCopy {
+    src: 0,
+    dst: 0,
+    rip: 0,
+    saved: [0; 3],
+};
+
+global_asm!(
+    // User mode's half of a copy-on-write: copy the old page (mapped at
+    // the copy window) into the new one, natively, then resume the
+    // interrupted instruction with every register and flag as it was. No
+    // stack use (the stack page may be the one being copied) and no flag
+    // changes: with DF set the kernel points src/dst at the last qword.
+    ".global hljs_cow_copy",
+    "hljs_cow_copy:",
+    "mov [rip + {c} + 24], rsi",
+    "mov [rip + {c} + 32], rdi",
+    "mov [rip + {c} + 40], rcx",
+    "mov rsi, [rip + {c}]",
+    "mov rdi, [rip + {c} + 8]",
+    "mov ecx, {words}",
+    "rep movsq",
+    "mov rsi, [rip + {c} + 24]",
+    "mov rdi, [rip + {c} + 32]",
+    "mov rcx, [rip + {c} + 40]",
+    "jmp qword ptr [rip + {c} + 16]",
+    c = sym COW_COPY,
+    words = const PAGE_SIZE / 8,
+);
+
 unsafe extern "C" {
+    fn hljs_cow_copy();
     fn hljs_try(f: u64, arg: u64, landing: *mut Landing) -> u64;
     fn hljs_enter_user(entry: u64, user_rsp: u64, arg: u64) -> u64;
     fn hljs_trap_ud();
@@ -367,6 +424,11 @@ pub fn init(stack_size: u64) {
         (*k).orig_pf = gate(idt, 14, hljs_trap_pf as *const () as u64);
         (*k).ustack_limit = USTACK_TOP - stack_size.next_multiple_of(PAGE_SIZE as u64);
         (*k).arena = crate::transport::arena_range().map_or([0; 2], |(lo, hi)| [lo, hi]);
+        (*k).heap = heap_range();
+        (*k).scratch = [
+            hyperlight_guest::layout::scratch_base_gpa(),
+            hyperlight_guest::layout::scratch_base_gva(),
+        ];
     }
     ENABLED.store(true, Ordering::Relaxed);
 }
@@ -646,10 +708,33 @@ pub fn user_range(ptr: u64, len: u64) -> bool {
         .any(|&(lo, hi)| lo <= ptr && end <= hi)
 }
 
+/// The guest heap's address range, from the PEB. Kernel mode.
+fn heap_range() -> [u64; 2] {
+    // SAFETY: the PEB pointer was set by hyperlight-guest-bin's initialisation
+    // and the PEB stays mapped for the guest's lifetime.
+    unsafe {
+        let handle = &*(&raw const hyperlight_guest_bin::GUEST_HANDLE);
+        match handle.peb() {
+            Some(peb) => {
+                let heap = (*peb).guest_heap;
+                [heap.ptr, heap.ptr + heap.size]
+            }
+            None => [0; 2],
+        }
+    }
+}
+
 fn pt_entry(table: u64, va: u64, level: u32) -> Option<*mut u64> {
     let shift = 39 - 9 * level;
     let idx = (va >> shift) & 0x1ff;
-    let t = hyperlight_guest_bin::paging::phys_to_virt(table & PTE_ADDR)? as *mut u64;
+    // SAFETY: kernel-page field read.
+    let [gpa, gva] = unsafe { (*kstate()).scratch };
+    let pa = table & PTE_ADDR;
+    // Page tables live in scratch; anything else is not ours to walk.
+    if gva == 0 || pa < gpa {
+        return None;
+    }
+    let t = (gva + (pa - gpa)) as *mut u64;
     // SAFETY: idx < 512 entries of a 4 KiB table.
     Some(unsafe { t.add(idx as usize) })
 }
@@ -679,6 +764,63 @@ fn open_walk(va: u64) -> Option<*mut u64> {
         table = v;
     }
     None
+}
+
+/// The copy window's leaf entry, found once per snapshot generation (a
+/// restore rebuilds the page tables elsewhere); mapped the first time.
+fn window_leaf() -> Option<*mut u64> {
+    let k = kstate();
+    let generation = crate::transport::generation();
+    // SAFETY: kernel mode; kernel-page fields and live page tables.
+    unsafe {
+        if (*k).window[0] != 0 && (*k).window[1] == generation {
+            return Some((*k).window[0] as *mut u64);
+        }
+        let leaf = match leaf_entry(COPY_WINDOW) {
+            Some(leaf) => leaf,
+            None => {
+                hyperlight_guest_bin::paging::map_region(
+                    hyperlight_guest::prim_alloc::alloc_phys_pages(1),
+                    COPY_WINDOW as *mut u8,
+                    PAGE_SIZE as u64,
+                    MappingKind::Basic(BasicMapping {
+                        readable: true,
+                        writable: true,
+                        executable: false,
+                    }),
+                );
+                leaf_entry(COPY_WINDOW)?
+            }
+        };
+        leaf.write_volatile(0);
+        asm!("invlpg [{}]", in(reg) COPY_WINDOW, options(nostack));
+        (*k).window = [leaf as u64, generation];
+        Some(leaf)
+    }
+}
+
+/// The leaf entry for `va`, present or not, with the user bit set on the
+/// levels above it; `None` if a level above is missing.
+fn leaf_entry(va: u64) -> Option<*mut u64> {
+    let cr3: u64;
+    // SAFETY: reading CR3 in kernel mode.
+    unsafe { asm!("mov {}, cr3", out(reg) cr3, options(nomem, nostack)) };
+    let mut table = cr3;
+    for level in 0..3 {
+        let e = pt_entry(table, va, level)?;
+        // SAFETY: `e` points into a live page table in scratch memory.
+        let v = unsafe { e.read_volatile() };
+        if v & PTE_PRESENT == 0 || v & PTE_LARGE != 0 {
+            return None;
+        }
+        if v & PTE_USER == 0 {
+            // SAFETY: as above; the user bit on an upper level opens nothing
+            // by itself (the leaf decides).
+            unsafe { e.write_volatile(v | PTE_USER) };
+        }
+        table = v;
+    }
+    pt_entry(table, va, 3)
 }
 
 /// Copies one page with a single `rep movsq`: kernel mode is emulated on
@@ -755,20 +897,52 @@ fn page_fault(addr: u64, err: u64) -> Result<(), Fault> {
     let leaf = open_walk(addr).ok_or(Fault::Access { addr, rip })?;
     // SAFETY: live leaf entry.
     let v = unsafe { leaf.read_volatile() };
-    if write && v & PTE_RW == 0 {
+    // A heap page is copied at its first user touch, read or write: most
+    // heap pages user mode reads after a restore it also writes, and one
+    // kernel entry then serves both. Elsewhere (image data, and above all
+    // code and constants, which the kernel itself runs from) only a write
+    // copies.
+    // SAFETY: kernel-page field read.
+    let [heap_lo, heap_hi] = unsafe { (*kstate()).heap };
+    let fetch = err & (1 << 4) != 0;
+    let eager = !fetch && v & PTE_COW != 0 && (heap_lo..heap_hi).contains(&addr);
+    if v & PTE_RW == 0 && (write || eager) {
         if v & PTE_COW == 0 {
             return Err(Fault::Access { addr, rip });
         }
-        // Copy-on-write for a user write.
-        // SAFETY: kernel mode; copy the old page into a fresh scratch page,
-        // then point the entry at it, writable, and flush the stale entry.
+        // Copy-on-write. The copy itself runs in user mode (natively; the
+        // same copy in the emulated kernel costs ~0.6 ms): the new page goes
+        // in place at once, the old one appears read-only at the copy
+        // window, and user mode resumes in `hljs_cow_copy`, which copies and
+        // then goes back to the faulting instruction.
+        // SAFETY: kernel mode; live leaf entries; the fields written are
+        // user mode's own (the copy descriptor and its saved rip).
         unsafe {
             let pa = hyperlight_guest::prim_alloc::alloc_phys_pages(1);
-            let dst = hyperlight_guest_bin::paging::phys_to_virt(pa)
-                .ok_or(Fault::Access { addr, rip })?;
-            copy_page(page as *const u8, dst);
+            let Some(window) = window_leaf() else {
+                let dst = hyperlight_guest_bin::paging::phys_to_virt(pa)
+                    .ok_or(Fault::Access { addr, rip })?;
+                copy_page(page as *const u8, dst);
+                leaf.write_volatile((v & !(PTE_ADDR | PTE_COW)) | pa | PTE_RW | PTE_USER);
+                asm!("invlpg [{}]", in(reg) page, options(nostack));
+                return Ok(());
+            };
+            window.write_volatile((v & PTE_ADDR) | PTE_PRESENT | PTE_USER);
+            asm!("invlpg [{}]", in(reg) COPY_WINDOW, options(nostack));
             leaf.write_volatile((v & !(PTE_ADDR | PTE_COW)) | pa | PTE_RW | PTE_USER);
             asm!("invlpg [{}]", in(reg) page, options(nostack));
+            let k = kstate();
+            // A `rep movs` with DF set copies downwards: start at the top.
+            let top = if (*k).frame[2] & RFLAGS_DF != 0 {
+                PAGE_SIZE as u64 - 8
+            } else {
+                0
+            };
+            let c = &raw mut COW_COPY;
+            (&raw mut (*c).src).write_volatile(COPY_WINDOW + top);
+            (&raw mut (*c).dst).write_volatile(page + top);
+            (&raw mut (*c).rip).write_volatile(rip);
+            (*k).frame[0] = hljs_cow_copy as *const () as u64;
         }
     }
     Ok(())
