@@ -27,7 +27,8 @@ pub mod guest_fn {
     /// `(addr: u64) -> String`: test hook, reads a byte at `addr` in the mode
     /// handlers run in (0: the guest's own data, 1: the user-mode kernel page).
     pub const PROBE_READ: &str = "ProbeRead";
-    /// `() -> u64`: kernel entries from user mode so far.
+    /// `() -> u64`: kernel entries from user mode before this call began
+    /// (so that the query does not count itself).
     pub const TRAP_COUNT: &str = "TrapCount";
 }
 

@@ -298,7 +298,7 @@ impl LoadedJSSandbox {
     }
 
     /// Benchmark hook: kernel entries (faults and system calls) from guest
-    /// user mode since the runtime was loaded.
+    /// user mode since the runtime was loaded, up to the start of this query.
     #[doc(hidden)]
     pub fn guest_kernel_entries(&mut self) -> Result<u64> {
         self.sandbox

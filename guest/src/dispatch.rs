@@ -90,6 +90,7 @@ pub fn finish_init() -> ! {
 /// the call in user mode when it is enabled.
 extern "C" fn kernel_dispatch() {
     GENERATION.store(transport::generation(), Ordering::Relaxed);
+    usermode::call_begins();
     if usermode::enabled() {
         usermode::serve_in_user(user_dispatch);
     } else {

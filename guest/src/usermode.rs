@@ -81,6 +81,8 @@ struct KState {
     ustack_limit: u64,
     /// Kernel entries from user mode since the runtime was loaded.
     traps: u64,
+    /// `traps` when the current call from the host began.
+    call_start: u64,
     fault: Option<Fault>,
     /// The transport arena (virtqueue rings, pools, mailbox): user mode
     /// serves calls itself, so these scratch pages are open to it.
@@ -107,6 +109,7 @@ static mut KPAGE: KState = KState {
     orig_pf: 0,
     ustack_limit: 0,
     traps: 0,
+    call_start: 0,
     fault: None,
     arena: [0; 2],
     scratch: [0; 2],
@@ -462,13 +465,20 @@ unsafe fn gate(idt: *mut u64, v: usize, handler: u64) -> u64 {
     }
 }
 
-/// Kernel entries from user mode so far (faults and system calls).
+/// Kernel entries from user mode (faults and system calls) before the
+/// current call from the host began.
 pub fn trap_count() -> u64 {
     if in_user() {
         return syscall(SYS_TRAPS, 0);
     }
     // SAFETY: plain read of a kernel-page field, in kernel mode.
-    unsafe { (*kstate()).traps }
+    unsafe { (*kstate()).call_start }
+}
+
+/// Marks the start of a call from the host (for [`trap_count`]). Kernel mode.
+pub fn call_begins() {
+    // SAFETY: kernel-page fields, kernel mode, single vCPU.
+    unsafe { (*kstate()).call_start = (*kstate()).traps };
 }
 
 /// The address of the kernel page, for tests that prove user mode cannot read it.
@@ -595,7 +605,7 @@ extern "C" fn hljs_user_trap(cr2: u64) -> u64 {
             6 => match (*k).user[0] {
                 SYS_EXIT => STATUS_EXIT,
                 SYS_TRAPS => {
-                    (*k).user[0] = (*k).traps;
+                    (*k).user[0] = (*k).call_start;
                     (*k).frame[0] = rip + 2;
                     STATUS_RESUME
                 }
