@@ -60,7 +60,7 @@ fmt:
     cargo fmt --all
 
 lint:
-    cargo clippy --workspace --all-targets -- -D warnings
+    HYPERLIGHT_JS_GUEST_LINT=1 cargo clippy --workspace --all-targets -- -D warnings
 
 rabbitmq-start:
     bash scripts/rabbitmq.sh start

@@ -34,7 +34,11 @@ fn run() -> Result<(), String> {
     ] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
-    for var in ["HYPERLIGHT_JS_GUEST_CC", "HYPERLIGHT_JS_GUEST_AR"] {
+    for var in [
+        "HYPERLIGHT_JS_GUEST_CC",
+        "HYPERLIGHT_JS_GUEST_AR",
+        "HYPERLIGHT_JS_GUEST_LINT",
+    ] {
         println!("cargo:rerun-if-env-changed={var}");
     }
 
@@ -108,10 +112,54 @@ fn run() -> Result<(), String> {
     ]
     .join("\x1f");
 
-    let mut cmd = Command::new(&cargo);
-    cmd.current_dir(&root)
+    // With HYPERLIGHT_JS_GUEST_LINT=1 (CI) the guest is also linted with
+    // clippy, warnings denied: the outer `cargo clippy` cannot see it.
+    let lint = env::var_os("HYPERLIGHT_JS_GUEST_LINT").is_some_and(|v| v == "1");
+    let mut subcommands = vec![vec!["build"]];
+    if lint {
+        subcommands.push(vec!["clippy", "--", "-D", "warnings"]);
+    }
+    for sub in subcommands {
+        let (verb, extra) = sub.split_at(1);
+        let mut cmd = guest_cargo(&cargo, &root, &guest_target_dir, verb[0]);
+        cmd.args(extra);
+        nested_env(&mut cmd, &cc, &ar, &cflags, &common, &rustflags);
+        let status = cmd
+            .status()
+            .map_err(|e| format!("cannot run {cargo}: {e}"))?;
+        if !status.success() {
+            return Err(format!(
+                "`cargo {} -p hyperlight-js-guest --target {GUEST_TARGET}` failed ({status}); \
+                 the guest needs clang, libclang-dev and llvm-ar (see README.md)",
+                verb[0]
+            ));
+        }
+    }
+
+    let guest = guest_target_dir
+        .join(GUEST_TARGET)
+        .join("release")
+        .join("hyperlight-js-guest");
+    let embedded = out_dir.join("hyperlight-js-guest");
+    std::fs::copy(&guest, &embedded).map_err(|e| format!("copy {}: {e}", guest.display()))?;
+    println!(
+        "cargo:rustc-env=HYPERLIGHT_JS_GUEST_PATH={}",
+        embedded.display()
+    );
+    Ok(())
+}
+
+/// `cargo <verb>` of the guest for its target, into its own target directory.
+fn guest_cargo(
+    cargo: &str,
+    root: &std::path::Path,
+    target_dir: &std::path::Path,
+    verb: &str,
+) -> Command {
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(root)
         .args([
-            "build",
+            verb,
             "--release",
             "--locked",
             "-p",
@@ -120,9 +168,22 @@ fn run() -> Result<(), String> {
             GUEST_TARGET,
         ])
         .arg("--target-dir")
-        .arg(&guest_target_dir);
+        .arg(target_dir);
+    cmd
+}
+
+/// The nested build's environment: nothing of the outer build, plus the C
+/// toolchain and flags of the soft-float guest.
+fn nested_env(
+    cmd: &mut Command,
+    cc: &str,
+    ar: &str,
+    cflags: &[String],
+    common: &[String],
+    rustflags: &str,
+) {
     // The outer build's settings must not leak into the nested one.
-    // That includes clippy's wrapper: the guest is a plain build, always.
+    // That includes clippy's wrapper (a nested `cargo clippy` sets its own).
     for (key, value) in env::vars_os() {
         let key = key.to_string_lossy().into_owned();
         let leaks = (key.starts_with("CARGO_") && key != "CARGO_HOME")
@@ -137,35 +198,14 @@ fn run() -> Result<(), String> {
         }
     }
     cmd.env("CARGO_ENCODED_RUSTFLAGS", rustflags)
-        .env("CC_x86_64_unknown_none", &cc)
-        .env("AR_x86_64_unknown_none", &ar)
+        .env("CC_x86_64_unknown_none", cc)
+        .env("AR_x86_64_unknown_none", ar)
         .env("CFLAGS_x86_64_unknown_none", cflags.join(" "))
         .env(
             "BINDGEN_EXTRA_CLANG_ARGS_x86_64_unknown_none",
             common.join(" "),
         )
-        .env("HYPERLIGHT_GUEST_clang", &cc);
-    let status = cmd
-        .status()
-        .map_err(|e| format!("cannot run {cargo}: {e}"))?;
-    if !status.success() {
-        return Err(format!(
-            "`cargo build -p hyperlight-js-guest --target {GUEST_TARGET}` failed ({status}); \
-             the guest needs clang, libclang-dev and llvm-ar (see README.md)"
-        ));
-    }
-
-    let guest = guest_target_dir
-        .join(GUEST_TARGET)
-        .join("release")
-        .join("hyperlight-js-guest");
-    let embedded = out_dir.join("hyperlight-js-guest");
-    std::fs::copy(&guest, &embedded).map_err(|e| format!("copy {}: {e}", guest.display()))?;
-    println!(
-        "cargo:rustc-env=HYPERLIGHT_JS_GUEST_PATH={}",
-        embedded.display()
-    );
-    Ok(())
+        .env("HYPERLIGHT_GUEST_clang", cc);
 }
 
 /// Finds hyperlight-libc's sources (for picolibc's headers) through `cargo metadata`.

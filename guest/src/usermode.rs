@@ -723,8 +723,8 @@ fn heap_range() -> [u64; 2] {
     // SAFETY: the PEB pointer was set by hyperlight-guest-bin's initialisation
     // and the PEB stays mapped for the guest's lifetime.
     unsafe {
-        let handle = &*(&raw const hyperlight_guest_bin::GUEST_HANDLE);
-        match handle.peb() {
+        let handle = &raw const hyperlight_guest_bin::GUEST_HANDLE;
+        match (*handle).peb() {
             Some(peb) => {
                 let heap = (*peb).guest_heap;
                 [heap.ptr, heap.ptr + heap.size]
