@@ -25,7 +25,8 @@ pub mod guest_fn {
     /// and `tsc_hz` (0 if unknown) give the guest clock its time base.
     pub const CALL_HANDLER: &str = "CallHandler";
     /// `(addr: u64) -> String`: test hook, reads a byte at `addr` in the mode
-    /// handlers run in (0: the guest's own data, 1: the user-mode kernel page).
+    /// handlers run in (0: the guest's own data, 1: the user-mode kernel page;
+    /// 2 divides by zero and 3 executes `int3` instead).
     pub const PROBE_READ: &str = "ProbeRead";
     /// `() -> u64`: kernel entries from user mode before this call began
     /// (so that the query does not count itself).

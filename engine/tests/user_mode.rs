@@ -66,6 +66,31 @@ fn user_mode_cannot_touch_kernel_pages_and_restore_recovers() {
     }
 }
 
+/// Every exception user mode raises is served by the guest kernel's own
+/// entry, never by hyperlight-guest-bin's handlers (which consult hook
+/// tables in user-writable memory): a divide error or a breakpoint ends the
+/// run as a user fault, and restore brings the sandbox back.
+#[test]
+fn other_exceptions_from_user_mode_are_user_faults() {
+    let (mut sb, snap) = user_sandbox();
+    for (probe, vector) in [(2u64, 0u64), (3, 3)] {
+        let err = sb.probe_read(probe).unwrap_err();
+        assert_eq!(err.code(), "ERR_GUEST_ABORT", "{err}");
+        assert!(
+            err.to_string()
+                .contains(&format!("user mode faulted: vector {vector} ")),
+            "{err}"
+        );
+        assert!(sb.poisoned());
+        sb.restore(&snap).unwrap();
+        assert_eq!(
+            sb.call_handler("sum", &json!({"n": 4}), &CallOptions::default())
+                .unwrap(),
+            json!(6)
+        );
+    }
+}
+
 #[test]
 fn compute_runs_natively_and_counts_few_kernel_entries() {
     let (mut sb, _) = user_sandbox();

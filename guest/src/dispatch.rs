@@ -91,7 +91,7 @@ pub fn finish_init() -> ! {
 extern "C" fn kernel_dispatch() {
     GENERATION.store(transport::generation(), Ordering::Relaxed);
     usermode::call_begins();
-    if usermode::enabled() {
+    if usermode::kernel_enabled() {
         usermode::serve_in_user(user_dispatch);
     } else {
         serve_one();

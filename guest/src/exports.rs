@@ -92,7 +92,9 @@ static PROBE_TARGET: u8 = 42;
 
 /// Test hook: reads one byte at `addr` from the mode handlers run in, so that
 /// tests can prove user mode cannot touch kernel pages. Address 0 reads a
-/// byte of the guest's own data (allowed), 1 the kernel page of user mode.
+/// byte of the guest's own data (allowed), 1 the kernel page of user mode;
+/// 2 divides by zero and 3 executes `int3` instead (exceptions other than
+/// the ones the kernel serves).
 pub fn probe_read(addr: u64) -> String {
     let addr = match addr {
         0 => &PROBE_TARGET as *const u8 as u64,
@@ -100,6 +102,15 @@ pub fn probe_read(addr: u64) -> String {
         a => a,
     };
     in_mode(move || {
+        match addr {
+            // SAFETY: deliberately faulting instructions; the fault ends the run.
+            2 => unsafe {
+                core::arch::asm!("xor edx, edx", "xor eax, eax", "div ecx", in("ecx") 0u32, out("eax") _, out("edx") _, options(nostack));
+            },
+            // SAFETY: as above.
+            3 => unsafe { core::arch::asm!("int3", options(nostack)) },
+            _ => {}
+        }
         // SAFETY: deliberately unchecked: the point is to fault on kernel pages.
         let b = unsafe { (addr as *const u8).read_volatile() };
         encode_ok(&format!("{b}"))

@@ -75,12 +75,13 @@ struct KState {
     err: u64,
     /// rip, cs, rflags, rsp, ss of the interrupted user code.
     frame: [u64; 5],
-    orig_ud: u64,
-    orig_gp: u64,
-    orig_pf: u64,
+    /// hyperlight-guest-bin's handler of each vector, for kernel-mode faults.
+    orig: [u64; 32],
     ustack_limit: u64,
     /// Kernel entries from user mode since the runtime was loaded.
     traps: u64,
+    /// User mode is set up: every call is served in user mode.
+    enabled: bool,
     /// `traps` when the current call from the host began.
     call_start: u64,
     fault: Option<Fault>,
@@ -104,11 +105,10 @@ static mut KPAGE: KState = KState {
     vector: 0,
     err: 0,
     frame: [0; 5],
-    orig_ud: 0,
-    orig_gp: 0,
-    orig_pf: 0,
+    orig: [0; 32],
     ustack_limit: 0,
     traps: 0,
+    enabled: false,
     call_start: 0,
     fault: None,
     arena: [0; 2],
@@ -117,10 +117,12 @@ static mut KPAGE: KState = KState {
     heap: [0; 2],
 };
 
-/// Set while a user run is in progress (read by user code to pick the
-/// system-call path for host functions).
+/// Set while a user run is in progress (read by user code, to know that it
+/// is user code; the kernel never trusts it).
 static IN_USER: AtomicBool = AtomicBool::new(false);
-/// Set once `init` has run; persisted in snapshots.
+/// Set once `init` has run, for user code; the kernel's own copy is on the
+/// kernel page (see [`kernel_enabled`]), where user mode cannot clear it to
+/// have the next call served in kernel mode.
 static ENABLED: AtomicBool = AtomicBool::new(false);
 
 /// Whether the current code runs in user mode.
@@ -128,9 +130,16 @@ pub fn in_user() -> bool {
     IN_USER.load(Ordering::Relaxed)
 }
 
-/// Whether user mode is set up for this sandbox.
+/// Whether user mode is set up for this sandbox (a hint for user code).
 pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
+}
+
+/// Whether user mode is set up for this sandbox, as the kernel knows it.
+/// Kernel mode only.
+pub fn kernel_enabled() -> bool {
+    // SAFETY: a kernel-page field read, in kernel mode.
+    unsafe { (*kstate()).enabled }
 }
 
 const K_RSP: usize = offset_of!(KState, kernel_rsp);
@@ -138,9 +147,7 @@ const K_USER: usize = offset_of!(KState, user);
 const K_VECTOR: usize = offset_of!(KState, vector);
 const K_ERR: usize = offset_of!(KState, err);
 const K_FRAME: usize = offset_of!(KState, frame);
-const K_ORIG_UD: usize = offset_of!(KState, orig_ud);
-const K_ORIG_GP: usize = offset_of!(KState, orig_gp);
-const K_ORIG_PF: usize = offset_of!(KState, orig_pf);
+const K_ORIG: usize = offset_of!(KState, orig);
 
 global_asm!(
     // hljs_enter_user(entry: rdi, user_rsp: rsi, arg: rdx) -> status
@@ -161,36 +168,33 @@ global_asm!(
     "xor r12d, r12d", "xor r13d, r13d", "xor r14d, r14d", "xor r15d, r15d",
     "iretq",
 
-    // #UD (no error code): a system call when it comes from user mode.
-    ".global hljs_trap_ud",
-    "hljs_trap_ud:",
+    // One entry per exception vector user mode can raise. From user mode
+    // every one goes to `hljs_user_trap` (#UD is also the system call, #GP
+    // also the emulated `out`); from kernel mode each goes on to
+    // hyperlight-guest-bin's original handler. None of hyperlight-guest-bin's
+    // handlers ever runs for a user fault: they consult hook tables that
+    // live in user-writable statics.
+    ".irp v, 0,1,3,4,5,6,7,9,16,19,20,28",
+    ".global hljs_vec_\\v",
+    "hljs_vec_\\v:",
     "test byte ptr [rsp + 8], 3",
     "jnz 2f",
-    "push rax", "lea rax, [rip + {kpage}]", "mov rax, [rax + {k_orig_ud}]", "xchg rax, [rsp]", "ret",
+    "push rax", "lea rax, [rip + {kpage}]", "mov rax, [rax + {k_orig} + 8 * \\v]", "xchg rax, [rsp]", "ret",
     "2:",
     "push 0",
-    "push 6",
+    "push \\v",
     "jmp hljs_trap_common",
-
-    // #GP (error code).
-    ".global hljs_trap_gp",
-    "hljs_trap_gp:",
+    ".endr",
+    ".irp v, 10,11,12,13,14,17,21,29,30",
+    ".global hljs_vec_\\v",
+    "hljs_vec_\\v:",
     "test byte ptr [rsp + 16], 3",
     "jnz 2f",
-    "push rax", "lea rax, [rip + {kpage}]", "mov rax, [rax + {k_orig_gp}]", "xchg rax, [rsp]", "ret",
+    "push rax", "lea rax, [rip + {kpage}]", "mov rax, [rax + {k_orig} + 8 * \\v]", "xchg rax, [rsp]", "ret",
     "2:",
-    "push 13",
+    "push \\v",
     "jmp hljs_trap_common",
-
-    // #PF (error code).
-    ".global hljs_trap_pf",
-    "hljs_trap_pf:",
-    "test byte ptr [rsp + 16], 3",
-    "jnz 2f",
-    "push rax", "lea rax, [rip + {kpage}]", "mov rax, [rax + {k_orig_pf}]", "xchg rax, [rsp]", "ret",
-    "2:",
-    "push 14",
-    "jmp hljs_trap_common",
+    ".endr",
 
     // Stack: vector, err, rip, cs, rflags, rsp, ss. Save the user state on
     // the kernel page, then leave the IST stack for the kernel stack so that
@@ -264,9 +268,7 @@ global_asm!(
     k_vector = const K_VECTOR,
     k_err = const K_ERR,
     k_frame = const K_FRAME,
-    k_orig_ud = const K_ORIG_UD,
-    k_orig_gp = const K_ORIG_GP,
-    k_orig_pf = const K_ORIG_PF,
+    k_orig = const K_ORIG,
     udata = const SEL_UDATA,
     ucode = const SEL_UCODE,
     kdata = const SEL_KDATA,
@@ -371,9 +373,27 @@ unsafe extern "C" {
     fn hljs_cow_copy();
     fn hljs_try(f: u64, arg: u64, landing: *mut Landing) -> u64;
     fn hljs_enter_user(entry: u64, user_rsp: u64, arg: u64) -> u64;
-    fn hljs_trap_ud();
-    fn hljs_trap_gp();
-    fn hljs_trap_pf();
+    fn hljs_vec_0();
+    fn hljs_vec_1();
+    fn hljs_vec_3();
+    fn hljs_vec_4();
+    fn hljs_vec_5();
+    fn hljs_vec_6();
+    fn hljs_vec_7();
+    fn hljs_vec_9();
+    fn hljs_vec_10();
+    fn hljs_vec_11();
+    fn hljs_vec_12();
+    fn hljs_vec_13();
+    fn hljs_vec_14();
+    fn hljs_vec_16();
+    fn hljs_vec_17();
+    fn hljs_vec_19();
+    fn hljs_vec_20();
+    fn hljs_vec_21();
+    fn hljs_vec_28();
+    fn hljs_vec_29();
+    fn hljs_vec_30();
 }
 
 const STATUS_RESUME: u64 = 0;
@@ -387,7 +407,7 @@ fn kstate() -> *mut KState {
 /// Sets up user mode once, before the runtime's snapshot: ring-3 segments,
 /// the trap gates, and the user stack's size. Kernel mode only.
 pub fn init(stack_size: u64) {
-    if enabled() {
+    if kernel_enabled() {
         return;
     }
     let k = kstate();
@@ -422,9 +442,32 @@ pub fn init(stack_size: u64) {
         let idt = u64::from_le_bytes([
             idtr[2], idtr[3], idtr[4], idtr[5], idtr[6], idtr[7], idtr[8], idtr[9],
         ]) as *mut u64;
-        (*k).orig_ud = gate(idt, 6, hljs_trap_ud as *const () as u64);
-        (*k).orig_gp = gate(idt, 13, hljs_trap_gp as *const () as u64);
-        (*k).orig_pf = gate(idt, 14, hljs_trap_pf as *const () as u64);
+        let entries: [(usize, unsafe extern "C" fn()); 21] = [
+            (0, hljs_vec_0),
+            (1, hljs_vec_1),
+            (3, hljs_vec_3),
+            (4, hljs_vec_4),
+            (5, hljs_vec_5),
+            (6, hljs_vec_6),
+            (7, hljs_vec_7),
+            (9, hljs_vec_9),
+            (10, hljs_vec_10),
+            (11, hljs_vec_11),
+            (12, hljs_vec_12),
+            (13, hljs_vec_13),
+            (14, hljs_vec_14),
+            (16, hljs_vec_16),
+            (17, hljs_vec_17),
+            (19, hljs_vec_19),
+            (20, hljs_vec_20),
+            (21, hljs_vec_21),
+            (28, hljs_vec_28),
+            (29, hljs_vec_29),
+            (30, hljs_vec_30),
+        ];
+        for (v, entry) in entries {
+            (*k).orig[v] = gate(idt, v, entry as *const () as u64);
+        }
         (*k).ustack_limit = USTACK_TOP - stack_size.next_multiple_of(PAGE_SIZE as u64);
         (*k).arena = crate::transport::arena_range().map_or([0; 2], |(lo, hi)| [lo, hi]);
         (*k).heap = heap_range();
@@ -433,6 +476,8 @@ pub fn init(stack_size: u64) {
             hyperlight_guest::layout::scratch_base_gva(),
         ];
     }
+    // SAFETY: kernel-page field, kernel mode.
+    unsafe { (*k).enabled = true };
     ENABLED.store(true, Ordering::Relaxed);
 }
 
@@ -444,9 +489,16 @@ pub fn serve_in_user(entry: extern "C" fn(u64) -> !) {
     let status = unsafe { hljs_enter_user(entry as *const () as u64, USTACK_TOP - 8, 0) };
     IN_USER.store(false, Ordering::Relaxed);
     if status != STATUS_EXIT {
-        // SAFETY: kernel-page field read.
-        let fault = unsafe { (*kstate()).fault };
-        panic!("user mode faulted outside any handler: {fault:?}");
+        // No formatting here: that would use the heap, whose allocator
+        // state user mode can write.
+        use hyperlight_common::flatbuffer_wrappers::guest_error::ErrorCode;
+        use hyperlight_guest::exit::write_abort;
+        write_abort(&[ErrorCode::GuestError as u8]);
+        write_abort(b"user mode faulted outside any handler");
+        write_abort(&[0xFF]);
+        loop {
+            core::hint::spin_loop();
+        }
     }
 }
 
@@ -589,7 +641,7 @@ extern "C" fn trampoline<G: FnOnce()>(job: *mut Option<G>) -> ! {
 #[inline(never)]
 pub fn syscall(num: u64, arg: u64) -> u64 {
     let ret: u64;
-    // SAFETY: `ud2` traps to `hljs_trap_ud`, which resumes after it with rax set.
+    // SAFETY: `ud2` traps to `hljs_vec_6`, which resumes after it with rax set.
     unsafe { asm!("ud2", inlateout("rax") num => ret, in("rdi") arg, options(nostack)) };
     ret
 }
@@ -660,7 +712,14 @@ fn deliver(f: Fault) -> u64 {
     // SAFETY: a plain read of a user-memory static, in kernel mode.
     let at = unsafe { (&raw const USER_LANDING).read_volatile() };
     let size = core::mem::size_of::<Landing>() as u64;
-    if at == 0 || !at.is_multiple_of(8) || !user_range(at, size) {
+    // The kernel writes there: it must be mapped, writable user memory, so
+    // that the write cannot fault into hyperlight-guest-bin's handlers.
+    if at == 0
+        || !at.is_multiple_of(8)
+        || !user_range(at, size)
+        || !writable_page(at)
+        || !writable_page(at + size - 1)
+    {
         // SAFETY: kernel mode, single vCPU.
         unsafe { (*k).fault = Some(f) };
         return STATUS_FAULT;
@@ -683,6 +742,15 @@ fn deliver(f: Fault) -> u64 {
         (*k).fault = Some(f);
     }
     STATUS_RESUME
+}
+
+/// Whether the page of `va` is mapped and writable (at once or by copy on write).
+fn writable_page(va: u64) -> bool {
+    open_walk(va).is_some_and(|leaf| {
+        // SAFETY: a live leaf entry.
+        let v = unsafe { leaf.read_volatile() };
+        v & (PTE_RW | PTE_COW) != 0
+    })
 }
 
 /// The address ranges user mode may touch: the low half (image, heap)
