@@ -75,8 +75,6 @@ struct KState {
     err: u64,
     /// rip, cs, rflags, rsp, ss of the interrupted user code.
     frame: [u64; 5],
-    /// hyperlight-guest-bin's handler of each vector, for kernel-mode faults.
-    orig: [u64; 32],
     ustack_limit: u64,
     /// Kernel entries from user mode since the runtime was loaded.
     traps: u64,
@@ -105,7 +103,6 @@ static mut KPAGE: KState = KState {
     vector: 0,
     err: 0,
     frame: [0; 5],
-    orig: [0; 32],
     ustack_limit: 0,
     traps: 0,
     enabled: false,
@@ -147,7 +144,6 @@ const K_USER: usize = offset_of!(KState, user);
 const K_VECTOR: usize = offset_of!(KState, vector);
 const K_ERR: usize = offset_of!(KState, err);
 const K_FRAME: usize = offset_of!(KState, frame);
-const K_ORIG: usize = offset_of!(KState, orig);
 
 global_asm!(
     // hljs_enter_user(entry: rdi, user_rsp: rsi, arg: rdx) -> status
@@ -170,16 +166,17 @@ global_asm!(
 
     // One entry per exception vector user mode can raise. From user mode
     // every one goes to `hljs_user_trap` (#UD is also the system call, #GP
-    // also the emulated `out`); from kernel mode each goes on to
-    // hyperlight-guest-bin's original handler. None of hyperlight-guest-bin's
-    // handlers ever runs for a user fault: they consult hook tables that
-    // live in user-writable statics.
+    // also the emulated `out`); from kernel mode to `hljs_kernel_fault`.
+    // hyperlight-guest-bin's handlers never run once user mode is on: they
+    // consult hook tables that live in user-writable statics.
     ".irp v, 0,1,3,4,5,6,7,9,16,19,20,28",
     ".global hljs_vec_\\v",
     "hljs_vec_\\v:",
     "test byte ptr [rsp + 8], 3",
     "jnz 2f",
-    "push rax", "lea rax, [rip + {kpage}]", "mov rax, [rax + {k_orig} + 8 * \\v]", "xchg rax, [rsp]", "ret",
+    "push 0",
+    "push \\v",
+    "jmp hljs_kernel_trap",
     "2:",
     "push 0",
     "push \\v",
@@ -190,11 +187,29 @@ global_asm!(
     "hljs_vec_\\v:",
     "test byte ptr [rsp + 16], 3",
     "jnz 2f",
-    "push rax", "lea rax, [rip + {kpage}]", "mov rax, [rax + {k_orig} + 8 * \\v]", "xchg rax, [rsp]", "ret",
+    "push \\v",
+    "jmp hljs_kernel_trap",
     "2:",
     "push \\v",
     "jmp hljs_trap_common",
     ".endr",
+
+    // A fault in kernel mode (stack: vector, err, rip, cs, rflags, rsp, ss,
+    // on the exception stack). The caller-saved registers are saved around
+    // the handler; it returns only when the fault is served.
+    "hljs_kernel_trap:",
+    "push rax", "push rcx", "push rdx", "push rsi", "push rdi",
+    "push r8", "push r9", "push r10", "push r11",
+    "mov rdi, [rsp + 72]",
+    "mov rsi, [rsp + 80]",
+    "mov rdx, cr2",
+    "mov rcx, [rsp + 88]",
+    "cld",
+    "call {kernel_fault}",
+    "pop r11", "pop r10", "pop r9", "pop r8",
+    "pop rdi", "pop rsi", "pop rdx", "pop rcx", "pop rax",
+    "add rsp, 16",
+    "iretq",
 
     // Stack: vector, err, rip, cs, rflags, rsp, ss. Save the user state on
     // the kernel page, then leave the IST stack for the kernel stack so that
@@ -268,7 +283,7 @@ global_asm!(
     k_vector = const K_VECTOR,
     k_err = const K_ERR,
     k_frame = const K_FRAME,
-    k_orig = const K_ORIG,
+    kernel_fault = sym hljs_kernel_fault,
     udata = const SEL_UDATA,
     ucode = const SEL_UCODE,
     kdata = const SEL_KDATA,
@@ -466,7 +481,7 @@ pub fn init(stack_size: u64) {
             (30, hljs_vec_30),
         ];
         for (v, entry) in entries {
-            (*k).orig[v] = gate(idt, v, entry as *const () as u64);
+            gate(idt, v, entry as *const () as u64);
         }
         (*k).ustack_limit = USTACK_TOP - stack_size.next_multiple_of(PAGE_SIZE as u64);
         (*k).arena = crate::transport::arena_range().map_or([0; 2], |(lo, hi)| [lo, hi]);
@@ -491,14 +506,14 @@ pub fn serve_in_user(entry: extern "C" fn(u64) -> !) {
     if status != STATUS_EXIT {
         // No formatting here: that would use the heap, whose allocator
         // state user mode can write.
-        use hyperlight_common::flatbuffer_wrappers::guest_error::ErrorCode;
-        use hyperlight_guest::exit::write_abort;
-        write_abort(&[ErrorCode::GuestError as u8]);
-        write_abort(b"user mode faulted outside any handler");
-        write_abort(&[0xFF]);
-        loop {
-            core::hint::spin_loop();
-        }
+        // SAFETY: a kernel-page field read, in kernel mode.
+        let fault = unsafe { (*kstate()).fault };
+        let (vector, rip) = match fault {
+            Some(Fault::Other { vector, rip }) => (vector, rip),
+            Some(Fault::Access { addr, rip }) => (addr, rip),
+            _ => (0, 0),
+        };
+        abort_report(b"user mode faulted outside any handler: ", vector, 0, rip);
     }
 }
 
@@ -899,6 +914,105 @@ fn leaf_entry(va: u64) -> Option<*mut u64> {
         table = v;
     }
     pt_entry(table, va, 3)
+}
+
+/// A fault in kernel mode once user mode is on: the page faults the guest
+/// kernel takes by design (a first write to a copy-on-write page, a first
+/// touch of a zero-fill page, main-stack growth) are served like
+/// hyperlight-guest-bin would; anything else is a guest-kernel bug and ends
+/// the VM with a report. Never heap, never hooks.
+extern "C" fn hljs_kernel_fault(vector: u64, err: u64, cr2: u64, rip: u64) {
+    if vector == 14 && kernel_page_fault(cr2, err) {
+        return;
+    }
+    abort_report(b"guest kernel fault: vector ", vector, cr2, rip);
+}
+
+fn kernel_page_fault(addr: u64, err: u64) -> bool {
+    use hyperlight_guest::layout::{MAIN_STACK_LIMIT_GVA, MAIN_STACK_TOP_GVA};
+    let present = err & 1 != 0;
+    let write = err & 2 != 0;
+    let fetch = err & (1 << 4) != 0;
+    let page = addr & !(PAGE_SIZE as u64 - 1);
+    let mapping = hyperlight_guest_bin::paging::virt_to_phys(page).next();
+    // SAFETY: kernel mode; fresh scratch pages are mapped where nothing or
+    // a read-only copy-on-write page was, with the permissions recorded.
+    unsafe {
+        if !present {
+            let kind = if (MAIN_STACK_LIMIT_GVA..MAIN_STACK_TOP_GVA).contains(&addr) {
+                BasicMapping {
+                    readable: true,
+                    writable: true,
+                    executable: false,
+                }
+            } else if let Some(MappingKind::ZeroInit(bm)) = mapping.map(|m| m.kind) {
+                bm
+            } else {
+                return false;
+            };
+            let pa = hyperlight_guest::prim_alloc::alloc_phys_pages(1);
+            let Some(p) = hyperlight_guest_bin::paging::phys_to_virt(pa) else {
+                return false;
+            };
+            p.write_bytes(0, PAGE_SIZE);
+            hyperlight_guest_bin::paging::map_region(
+                pa,
+                page as *mut u8,
+                PAGE_SIZE as u64,
+                MappingKind::Basic(kind),
+            );
+            return true;
+        }
+        let Some(MappingKind::Cow(cm)) = mapping.map(|m| m.kind) else {
+            return false;
+        };
+        if !write || fetch {
+            return false;
+        }
+        let pa = hyperlight_guest::prim_alloc::alloc_phys_pages(1);
+        let Some(dst) = hyperlight_guest_bin::paging::phys_to_virt(pa) else {
+            return false;
+        };
+        copy_page(page as *const u8, dst);
+        hyperlight_guest_bin::paging::map_region(
+            pa,
+            page as *mut u8,
+            PAGE_SIZE as u64,
+            MappingKind::Basic(BasicMapping {
+                readable: cm.readable,
+                writable: true,
+                executable: cm.executable,
+            }),
+        );
+        asm!("invlpg [{}]", in(reg) page, options(nostack));
+    }
+    true
+}
+
+/// Ends the VM with `what`, a number and two addresses in hex, without
+/// touching the heap.
+fn abort_report(what: &[u8], n: u64, addr: u64, rip: u64) -> ! {
+    use hyperlight_common::flatbuffer_wrappers::guest_error::ErrorCode;
+    use hyperlight_guest::exit::write_abort;
+    fn hex(v: u64) -> [u8; 18] {
+        let mut out = *b"0x0000000000000000";
+        for i in 0..16 {
+            let d = ((v >> (60 - 4 * i)) & 0xf) as u8;
+            out[2 + i] = if d < 10 { b'0' + d } else { b'a' + d - 10 };
+        }
+        out
+    }
+    write_abort(&[ErrorCode::GuestError as u8]);
+    write_abort(what);
+    write_abort(&hex(n));
+    write_abort(b" at address ");
+    write_abort(&hex(addr));
+    write_abort(b", rip ");
+    write_abort(&hex(rip));
+    write_abort(&[0xFF]);
+    loop {
+        core::hint::spin_loop();
+    }
 }
 
 /// Copies one page with a single `rep movsq`: kernel mode is emulated on
