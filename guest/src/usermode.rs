@@ -11,13 +11,17 @@
 //!   kernel for user mode (IOPL is forced to 0 at CPL3 here): that is how a
 //!   host-function call and a panic's abort reach the host;
 //! - a page fault from user mode sets the user bit along the page walk
-//!   (hyperlight rebuilds page tables without it at every snapshot), does the
-//!   copy-on-write for user writes, and grows the user stack;
-//! - any other fault ends the user computation: the kernel resumes user mode
-//!   at the innermost landing set by [`run`] (like a signal handler and
+//!   (hyperlight rebuilds page tables without it at every snapshot), grows
+//!   the user stack, and for copy-on-write puts a fresh page in place and
+//!   lets user mode copy into it natively (`hljs_cow_copy`);
+//! - any other exception ends the user computation: the kernel resumes user
+//!   mode at the innermost landing set by [`run`] (like a signal handler and
 //!   `longjmp`), which returns the fault as an `Err`.
 //!
-//! Faults raised in kernel mode go to hyperlight-guest-bin's own handlers.
+//! Faults raised in kernel mode are served here too ([`hljs_kernel_fault`]):
+//! hyperlight-guest-bin's handlers consult hook tables in user-writable
+//! statics, so none of them runs once user mode is on. Nothing the kernel
+//! relies on lives in user-writable memory, and it never uses the heap.
 //! The kernel's pages (page tables, IDT/GDT/TSS, kernel and exception stacks,
 //! scratch metadata, this module's state) never get the user bit: JS in user
 //! mode cannot read or write them, a second privilege boundary inside the VM.
@@ -31,7 +35,7 @@ use hyperlight_common::vmem::{BasicMapping, MappingKind, PAGE_SIZE};
 
 /// System call: leave user mode (the job is done).
 pub const SYS_EXIT: u64 = 0;
-/// System call: the number of kernel entries so far, in `rax`.
+/// System call: the number of kernel entries before the current call began, in `rax`.
 pub const SYS_TRAPS: u64 = 1;
 /// A one-page window through which user mode reads the old page of a
 /// copy-on-write (read-only; its content is user mode's own data anyway).
@@ -517,18 +521,15 @@ pub fn serve_in_user(entry: extern "C" fn(u64) -> !) {
     }
 }
 
-/// Points IDT vector `v` at `handler`, returning the old handler's address.
-unsafe fn gate(idt: *mut u64, v: usize, handler: u64) -> u64 {
+/// Points IDT vector `v` at `handler`, keeping its selector, IST and type.
+unsafe fn gate(idt: *mut u64, v: usize, handler: u64) {
     // SAFETY: `idt` is the live IDT; each gate is two u64s.
     unsafe {
         let lo = idt.add(2 * v).read_volatile();
-        let hi = idt.add(2 * v + 1).read_volatile();
-        let old = (lo & 0xffff) | ((lo >> 32) & 0xffff_0000) | (hi << 32);
         let new_lo =
             (lo & 0x0000_ffff_ffff_0000) | (handler & 0xffff) | ((handler & 0xffff_0000) << 32);
         idt.add(2 * v).write_volatile(new_lo);
         idt.add(2 * v + 1).write_volatile(handler >> 32);
-        old
     }
 }
 
