@@ -5,20 +5,25 @@
 use hyperlight_js_engine::{CallOptions, GuestMode, SandboxBuilder};
 use serde_json::json;
 
-fn user_sandbox() -> (
-    hyperlight_js_engine::LoadedJSSandbox,
-    hyperlight_js_engine::Snapshot,
-) {
+/// A fresh runtime with the guest in user mode.
+fn user_runtime() -> hyperlight_js_engine::JSSandbox {
     assert!(
         hyperlight_js_engine::hypervisor_available(),
         "needs /dev/kvm"
     );
-    let mut js = SandboxBuilder::new()
+    SandboxBuilder::new()
         .guest_mode(GuestMode::User)
         .build()
         .unwrap()
         .load_runtime()
-        .unwrap();
+        .unwrap()
+}
+
+fn user_sandbox() -> (
+    hyperlight_js_engine::LoadedJSSandbox,
+    hyperlight_js_engine::Snapshot,
+) {
+    let mut js = user_runtime();
     js.add_handler(
         "sum",
         "function handler(e) { let s = 0; for (let i = 0; i < e.n; i++) s += i; return s; }",
@@ -134,12 +139,7 @@ fn a_warm_call_enters_the_guest_kernel_only_to_finish() {
 /// including through a backward `memmove` (`copyWithin` shifting right).
 #[test]
 fn copy_on_write_after_restore_keeps_every_byte() {
-    let mut js = SandboxBuilder::new()
-        .guest_mode(GuestMode::User)
-        .build()
-        .unwrap()
-        .load_runtime()
-        .unwrap();
+    let mut js = user_runtime();
     js.add_handler(
         "state",
         "const big = new Float64Array(200000); for (let i = 0; i < big.length; i++) big[i] = i * 1.5;

@@ -836,28 +836,17 @@ fn pt_entry(table: u64, va: u64, level: u32) -> Option<*mut u64> {
 /// Walks the tables for `va`, setting the user bit on every present level.
 /// Returns the leaf entry, or `None` if some level is not present.
 fn open_walk(va: u64) -> Option<*mut u64> {
-    let cr3: u64;
-    // SAFETY: reading CR3 in kernel mode.
-    unsafe { asm!("mov {}, cr3", out(reg) cr3, options(nomem, nostack)) };
-    let mut table = cr3;
-    for level in 0..4 {
-        let e = pt_entry(table, va, level)?;
-        // SAFETY: `e` points into a live page table in scratch memory.
-        let v = unsafe { e.read_volatile() };
-        // A large page would open its neighbours too: refuse it.
-        if v & PTE_PRESENT == 0 || (level < 3 && v & PTE_LARGE != 0) {
-            return None;
-        }
-        if v & PTE_USER == 0 {
-            // SAFETY: as above; adding the user bit keeps the entry valid.
-            unsafe { e.write_volatile(v | PTE_USER) };
-        }
-        if level == 3 {
-            return Some(e);
-        }
-        table = v;
+    let e = leaf_entry(va)?;
+    // SAFETY: `e` points into a live page table in scratch memory.
+    let v = unsafe { e.read_volatile() };
+    if v & PTE_PRESENT == 0 {
+        return None;
     }
-    None
+    if v & PTE_USER == 0 {
+        // SAFETY: as above; adding the user bit keeps the entry valid.
+        unsafe { e.write_volatile(v | PTE_USER) };
+    }
+    Some(e)
 }
 
 /// The copy window's leaf entry, found once per snapshot generation (a
@@ -904,6 +893,7 @@ fn leaf_entry(va: u64) -> Option<*mut u64> {
         let e = pt_entry(table, va, level)?;
         // SAFETY: `e` points into a live page table in scratch memory.
         let v = unsafe { e.read_volatile() };
+        // A large page would open its neighbours too: refuse it.
         if v & PTE_PRESENT == 0 || v & PTE_LARGE != 0 {
             return None;
         }
