@@ -109,20 +109,26 @@ impl SandboxConfig {
         &self,
         builder: hyperlight_host::SandboxBuilder,
     ) -> Result<hyperlight_host::SandboxBuilder> {
+        let g2h_buffer = usize_of(self.output_buffer_size + TRANSPORT_SLACK)?;
         Ok(builder
             .heap_size(self.heap_size)
             .scratch_size(usize_of(self.scratch_size())?)
             .h2g_buffer_size(usize_of(self.input_buffer_size + TRANSPORT_SLACK)?)
-            .g2h_buffer_size(usize_of(self.output_buffer_size + TRANSPORT_SLACK)?))
+            .g2h_buffer_size(g2h_buffer)
+            // A host call holds two output-sized buffers at once: its
+            // arguments and room for the answer (Hyperlight's minimum is
+            // one, which fails every host call with arguments of more than
+            // 256 bytes). Plus the page of small buffers.
+            .g2h_pool_pages(1 + 2 * g2h_buffer.div_ceil(4096)))
     }
 
     fn scratch_size(&self) -> u64 {
         // Scratch holds every page written since the last snapshot (copy-on-write),
-        // the on-demand stack and the transport buffers.
+        // the on-demand stack and the transport buffers (two output-sized ones).
         (self.heap_size
             + self.stack_size
             + self.input_buffer_size
-            + self.output_buffer_size
+            + 2 * self.output_buffer_size
             + SCRATCH_SLACK)
             .next_multiple_of(64 * 1024)
     }

@@ -41,8 +41,13 @@ pub fn console(level: i32, message: String) {
     );
 }
 
-/// Calls a user-registered host function; the answer is a framed reply.
-pub fn call(module: String, function: String, args_json: String) -> Option<String> {
+/// Calls a user-registered host function; the answer is a framed reply, the
+/// error says why the call could not be made.
+pub fn call(
+    module: String,
+    function: String,
+    args_json: String,
+) -> Result<String, transport::Error> {
     call_host_function::<String>(
         host_fn::CALL,
         Some(vec![
@@ -52,5 +57,4 @@ pub fn call(module: String, function: String, args_json: String) -> Option<Strin
         ]),
         ReturnType::String,
     )
-    .ok()
 }

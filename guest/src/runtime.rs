@@ -206,8 +206,15 @@ fn call_host<'js>(
         .map(|s| s.to_string())
         .transpose()?
         .unwrap_or_else(|| "[]".to_string());
-    let reply = crate::host::call(module.to_string(), function.to_string(), args_json)
-        .and_then(hyperlight_js_abi::decode);
+    let reply = match crate::host::call(module.to_string(), function.to_string(), args_json) {
+        Ok(frame) => hyperlight_js_abi::decode(frame),
+        Err(why) => {
+            return Err(Exception::throw_message(
+                ctx,
+                &format!("host function {module}.{function} could not be called: {why}"),
+            ));
+        }
+    };
     match reply {
         // Binary results (`{"__hl_bytes": ...}`) become Uint8Arrays, as in events.
         Some(Ok(json)) if json.contains(BYTES_TAG) => {
@@ -224,7 +231,7 @@ fn call_host<'js>(
         )),
         None => Err(Exception::throw_message(
             ctx,
-            &format!("host function {module}.{function} could not be called"),
+            &format!("host function {module}.{function} gave a malformed reply"),
         )),
     }
 }

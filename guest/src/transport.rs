@@ -395,8 +395,17 @@ impl Transport {
                 // Full: let the host drain the queue, then try once more.
                 self.g2h.notify_backpressure();
                 self.g2h.reclaim().map_err(|e| verr("G2H reclaim", e))?;
-                self.send_request(&msg, reply_room)
-                    .map_err(|e| verr("G2H host call", e))?
+                let room = self.g2h.preferred_segment_len();
+                self.send_request(&msg, reply_room).map_err(|e| {
+                    if msg.total_len() > room {
+                        format!(
+                            "the call carries {} bytes, more than a guest-to-host buffer holds ({room} bytes, the sandbox's output size)",
+                            msg.total_len()
+                        )
+                    } else {
+                        verr("G2H host call", e)
+                    }
+                })?
             }
             Err(e) => return Err(verr("G2H host call", e)),
         };

@@ -61,6 +61,7 @@ before(async () => {
      }`
   );
   js.addHandler('passthrough', 'function handler(e) { return [host.util.object(e), host.util.nothing()]; }');
+  js.addHandler('bigArgs', 'function handler(e) { return host.util.object({ text: e.text }).got.text.length; }');
   js.addHandler('bytes', 'function handler(e) { return host.util.bytes(new Uint8Array([1, 2, 3, 250])); }');
   js.addHandler('unknown', 'function handler(e) { return typeof host.nope; }');
   js.addHandler('hang', 'function handler(e) { try { return host.util.hang(); } catch (x) { return "caught: " + x.message; } }');
@@ -143,4 +144,10 @@ test('registering after loadRuntime() fails with ERR_CONSUMED', async () => {
   await proto.loadRuntime();
   throwsWithCode(() => mod.register('f', () => 1), 'ERR_CONSUMED');
   await rejectsWithCode(proto.loadRuntime(), 'ERR_CONSUMED');
+});
+
+test('host functions take and return arguments of hundreds of kilobytes', async () => {
+  // Arguments and answer each need an output-sized transport buffer at once.
+  const text = 'x'.repeat(200_000);
+  assert.equal(await loaded.callHandler('bigArgs', { text }), 200_000);
 });
