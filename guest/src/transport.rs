@@ -187,12 +187,23 @@ pub fn with<R>(f: impl FnOnce(&mut Transport) -> Result<R, Error>) -> Result<R, 
         .ok_or_else(|| String::from("transport not installed"))?)
 }
 
-/// The arena range `[lo, hi)` from the dimensions the host publishes in
-/// scratch metadata. Kernel mode (the metadata page is supervisor-only).
-pub fn arena_range() -> Option<(u64, u64)> {
+/// The transport layout the host publishes in scratch metadata.
+struct Published {
+    g2h: QueueDims,
+    h2g: QueueDims,
+    g2h_buffer: usize,
+    h2g_buffer: usize,
+    arena: TransportArena,
+    /// Where the arena is mapped: `[lo, hi)`.
+    lo: u64,
+    hi: u64,
+}
+
+/// Reads the published layout. Kernel mode (the metadata page is
+/// supervisor-only).
+fn published() -> Option<Published> {
     // SAFETY: the host wrote this metadata before the first entry.
     let read = |p: *mut u64| unsafe { p.read_volatile() } as usize;
-    let gpa = read(layout::transport_arena_gpa_gva()) as u64;
     let g2h = QueueDims::new(
         read(layout::g2h_queue_size_gva()),
         read(layout::g2h_pool_pages_gva()),
@@ -201,9 +212,23 @@ pub fn arena_range() -> Option<(u64, u64)> {
         read(layout::h2g_queue_size_gva()),
         read(layout::h2g_pool_pages_gva()),
     )?;
+    let gpa = read(layout::transport_arena_gpa_gva()) as u64;
     let arena = TransportArena::new(gpa, g2h, h2g)?;
-    let base = hyperlight_guest_bin::paging::phys_to_virt(gpa)? as u64;
-    Some((base, base + arena.size() as u64))
+    let lo = hyperlight_guest_bin::paging::phys_to_virt(gpa)? as u64;
+    Some(Published {
+        g2h,
+        h2g,
+        g2h_buffer: read(layout::g2h_buffer_size_gva()),
+        h2g_buffer: read(layout::h2g_buffer_size_gva()),
+        arena,
+        lo,
+        hi: lo + arena.size() as u64,
+    })
+}
+
+/// The arena's range `[lo, hi)`, which user mode may touch. Kernel mode.
+pub fn arena_range() -> Option<(u64, u64)> {
+    published().map(|p| (p.lo, p.hi))
 }
 
 /// The current snapshot generation. Kernel mode.
@@ -215,24 +240,16 @@ pub fn generation() -> u64 {
 /// Builds the transport over the host's queues and installs it. Kernel mode,
 /// once, at the end of initialisation; [`Transport::checkpoint`] must follow.
 pub fn install() -> Result<(), Error> {
-    // SAFETY: the host wrote this metadata before the first entry.
-    let read = |p: *mut u64| unsafe { p.read_volatile() } as usize;
-    let (g2h_size, g2h_pages, g2h_buf) = (
-        read(layout::g2h_queue_size_gva()),
-        read(layout::g2h_pool_pages_gva()),
-        read(layout::g2h_buffer_size_gva()),
-    );
-    let (h2g_size, h2g_pages, h2g_buf) = (
-        read(layout::h2g_queue_size_gva()),
-        read(layout::h2g_pool_pages_gva()),
-        read(layout::h2g_buffer_size_gva()),
-    );
-    let gpa = read(layout::transport_arena_gpa_gva()) as u64;
     let bad = |what: &str| format!("invalid transport layout: {what}");
-    let g2h = QueueDims::new(g2h_size, g2h_pages).ok_or_else(|| bad("G2H dims"))?;
-    let h2g = QueueDims::new(h2g_size, h2g_pages).ok_or_else(|| bad("H2G dims"))?;
-    let arena = TransportArena::new(gpa, g2h, h2g).ok_or_else(|| bad("arena"))?;
-    let (lo, hi) = arena_range().ok_or_else(|| bad("arena range"))?;
+    let Published {
+        g2h,
+        h2g,
+        g2h_buffer: g2h_buf,
+        h2g_buffer: h2g_buf,
+        arena,
+        lo,
+        hi,
+    } = published().ok_or_else(|| bad("queue dimensions or arena"))?;
     let gva = |a: u64| lo + (a - arena.base_addr());
     let mem = ArenaMem { lo, hi };
 

@@ -793,7 +793,7 @@ fn user_allowed(addr: u64) -> bool {
 }
 
 /// Whether `[ptr, ptr + len)` lies in user-accessible memory.
-pub fn user_range(ptr: u64, len: u64) -> bool {
+fn user_range(ptr: u64, len: u64) -> bool {
     let Some(end) = ptr.checked_add(len) else {
         return false;
     };
