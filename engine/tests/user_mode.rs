@@ -34,6 +34,19 @@ fn user_sandbox() -> (
     (sb, snap)
 }
 
+/// Restores `sb` and checks that it serves calls again.
+fn recovers_by_restore(
+    sb: &mut hyperlight_js_engine::LoadedJSSandbox,
+    snap: &hyperlight_js_engine::Snapshot,
+) {
+    sb.restore(snap).unwrap();
+    assert_eq!(
+        sb.call_handler("sum", &json!({"n": 4}), &CallOptions::default())
+            .unwrap(),
+        json!(6)
+    );
+}
+
 #[test]
 fn user_mode_reads_its_own_data() {
     let (mut sb, _) = user_sandbox();
@@ -62,12 +75,7 @@ fn user_mode_cannot_touch_kernel_pages_and_restore_recovers() {
                 .code(),
             "ERR_POISONED"
         );
-        sb.restore(&snap).unwrap();
-        assert_eq!(
-            sb.call_handler("sum", &json!({"n": 4}), &CallOptions::default())
-                .unwrap(),
-            json!(6)
-        );
+        recovers_by_restore(&mut sb, &snap);
     }
 }
 
@@ -87,12 +95,7 @@ fn other_exceptions_from_user_mode_are_user_faults() {
             "{err}"
         );
         assert!(sb.poisoned());
-        sb.restore(&snap).unwrap();
-        assert_eq!(
-            sb.call_handler("sum", &json!({"n": 4}), &CallOptions::default())
-                .unwrap(),
-            json!(6)
-        );
+        recovers_by_restore(&mut sb, &snap);
     }
 }
 
