@@ -20,9 +20,11 @@ pub mod guest_fn {
     pub const LOAD_RUNTIME: &str = "LoadRuntime";
     /// `(key: String, code: String) -> String`: compiles a handler under a routing key.
     pub const REGISTER_HANDLER: &str = "RegisterHandler";
-    /// `(key: String, event_json: String, gc: bool, seed: u64, now_micros: u64, tsc_hz: u64) -> String`:
-    /// runs a handler. A non-zero `seed` reseeds `Math.random` first; `now_micros`
-    /// and `tsc_hz` (0 if unknown) give the guest clock its time base.
+    /// `(key: String, event_json: String, context_json: String, gc: bool, seed: u64, now_micros: u64, tsc_hz: u64) -> String`:
+    /// runs a handler as `handler(event, ctx)`; an empty `context_json` means no
+    /// context (`ctx` is `undefined`). A non-zero `seed` reseeds `Math.random`
+    /// first; `now_micros` and `tsc_hz` (0 if unknown) give the guest clock its
+    /// time base.
     pub const CALL_HANDLER: &str = "CallHandler";
     /// `(addr: u64) -> String`: test hook, reads a byte at `addr` in the mode
     /// handlers run in (0: the guest's own data, 1: the user-mode kernel page;
@@ -81,10 +83,15 @@ pub enum GuestErrorKind {
     UserFault,
     /// Anything else.
     Internal,
+    /// The handler threw a `RetryError` (or its promise rejected with one).
+    /// The failure's [`detail`](GuestFailure::detail) is the requested
+    /// `delayMs` as a JavaScript number's text (`"250"`, `"NaN"`,
+    /// `"Infinity"`, `"1e+300"`), absent when the handler gave none.
+    Retry,
 }
 
 impl GuestErrorKind {
-    const ALL: [Self; 11] = [
+    const ALL: [Self; 12] = [
         Self::HandlerThrew,
         Self::Compile,
         Self::UnknownHandler,
@@ -96,6 +103,7 @@ impl GuestErrorKind {
         Self::UserStackOverflow,
         Self::UserFault,
         Self::Internal,
+        Self::Retry,
     ];
 
     /// The one-byte tag used on the wire.
@@ -112,6 +120,7 @@ impl GuestErrorKind {
             Self::UserStackOverflow => b'S',
             Self::UserFault => b'f',
             Self::Internal => b'i',
+            Self::Retry => b'R',
         }
     }
 
@@ -121,7 +130,8 @@ impl GuestErrorKind {
     }
 }
 
-/// A failure reported by the guest: what kind, the message, and the JS stack if any.
+/// A failure reported by the guest: what kind, the message, the JS stack if
+/// any, and a kind-specific detail.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GuestFailure {
     /// What went wrong.
@@ -130,6 +140,9 @@ pub struct GuestFailure {
     pub message: String,
     /// The JavaScript stack trace, empty when there is none.
     pub stack: String,
+    /// Extra data some kinds carry (see [`GuestErrorKind::Retry`]); `None`
+    /// for the others.
+    pub detail: Option<String>,
 }
 
 /// A guest reply: `Ok` holds the JSON text of the value.
@@ -147,15 +160,41 @@ pub fn encode_ok(json: &str) -> String {
     s
 }
 
-/// Frames a failure.
+/// Frames a failure with no detail.
 pub fn encode_err(kind: GuestErrorKind, message: &str, stack: &str) -> String {
-    let mut s = String::with_capacity(message.len() + stack.len() + 3);
+    encode_err_with_detail(kind, message, stack, None)
+}
+
+/// Frames a failure: `!`, the kind's tag, the message, NUL, the stack, and,
+/// only when there is a detail, NUL and the detail. Frames without a detail
+/// are byte for byte those of earlier versions. A NUL inside a field would
+/// make the frame ambiguous, so it is sent as U+FFFD.
+pub fn encode_err_with_detail(
+    kind: GuestErrorKind,
+    message: &str,
+    stack: &str,
+    detail: Option<&str>,
+) -> String {
+    let detail_len = detail.map_or(0, |d| d.len() + 1);
+    let mut s = String::with_capacity(message.len() + stack.len() + detail_len + 3);
     s.push(ERR as char);
     s.push(kind.tag() as char);
-    s.push_str(message);
+    push_field(&mut s, message);
     s.push(SEP);
-    s.push_str(stack);
+    push_field(&mut s, stack);
+    if let Some(detail) = detail {
+        s.push(SEP);
+        push_field(&mut s, detail);
+    }
     s
+}
+
+fn push_field(s: &mut String, field: &str) {
+    if field.contains(SEP) {
+        s.push_str(&field.replace(SEP, "\u{FFFD}"));
+    } else {
+        s.push_str(field);
+    }
 }
 
 /// Reads a framed reply. `None` means the frame itself is malformed.
@@ -168,11 +207,14 @@ pub fn decode(mut frame: String) -> Option<Reply> {
         Some(&ERR) => {
             let kind = GuestErrorKind::from_tag(*frame.as_bytes().get(1)?)?;
             let body = frame.get(2..)?;
-            let (message, stack) = body.split_once(SEP).unwrap_or((body, ""));
+            let mut fields = body.splitn(3, SEP);
+            let message = fields.next().unwrap_or_default();
+            let stack = fields.next().unwrap_or_default();
             Some(Err(GuestFailure {
                 kind,
                 message: message.into(),
                 stack: stack.into(),
+                detail: fields.next().map(String::from),
             }))
         }
         _ => None,
@@ -201,10 +243,64 @@ mod tests {
                 Some(Err(GuestFailure {
                     kind,
                     message: "boom".into(),
-                    stack: "at handler (h.js:2)".into()
+                    stack: "at handler (h.js:2)".into(),
+                    detail: None,
                 }))
             );
         }
+    }
+
+    #[test]
+    fn a_detail_round_trips_and_its_absence_is_kept() {
+        for detail in [Some("250"), Some(""), Some("NaN"), Some("-Infinity"), None] {
+            let frame = encode_err_with_detail(GuestErrorKind::Retry, "later", "at h", detail);
+            assert_eq!(
+                decode(frame),
+                Some(Err(GuestFailure {
+                    kind: GuestErrorKind::Retry,
+                    message: "later".into(),
+                    stack: "at h".into(),
+                    detail: detail.map(String::from),
+                }))
+            );
+        }
+    }
+
+    #[test]
+    fn frames_without_a_detail_are_unchanged() {
+        // The layout of earlier versions, which older peers still send and read.
+        assert_eq!(
+            encode_err(GuestErrorKind::HandlerThrew, "boom", "at h"),
+            "!tboom\u{0}at h"
+        );
+        assert_eq!(
+            encode_err_with_detail(GuestErrorKind::Retry, "m", "", Some("1.5e+300")),
+            "!Rm\u{0}\u{0}1.5e+300"
+        );
+        let old = decode("!tonly a message".to_string());
+        assert_eq!(
+            old,
+            Some(Err(GuestFailure {
+                kind: GuestErrorKind::HandlerThrew,
+                message: "only a message".into(),
+                stack: String::new(),
+                detail: None,
+            }))
+        );
+    }
+
+    #[test]
+    fn nul_inside_a_field_cannot_shift_the_fields() {
+        let frame = encode_err_with_detail(GuestErrorKind::Retry, "a\u{0}b", "s\u{0}t", Some("5"));
+        assert_eq!(
+            decode(frame),
+            Some(Err(GuestFailure {
+                kind: GuestErrorKind::Retry,
+                message: "a\u{fffd}b".into(),
+                stack: "s\u{fffd}t".into(),
+                detail: Some("5".into()),
+            }))
+        );
     }
 
     #[test]

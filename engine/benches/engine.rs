@@ -175,17 +175,17 @@ fn main() {
     row("echo call, gc off", &echo_no_gc, Some(&raw_call));
     let echo_gc = Stats::measure(n, || call(&mut sb, &CallOptions::default()));
     row("echo call, gc on", &echo_gc, Some(&raw_call));
-    let wall = no_gc.wall_clock_timeout(Duration::from_secs(10));
+    let wall = no_gc.clone().wall_clock_timeout(Duration::from_secs(10));
     let echo_wall = Stats::measure(n, || call(&mut sb, &wall));
     row(
         "echo call + wall-clock monitor",
         &echo_wall,
         Some(&echo_no_gc),
     );
-    let cpu = no_gc.cpu_timeout(Duration::from_secs(10));
+    let cpu = no_gc.clone().cpu_timeout(Duration::from_secs(10));
     let echo_cpu = Stats::measure(n, || call(&mut sb, &cpu));
     row("echo call + CPU monitor", &echo_cpu, Some(&echo_no_gc));
-    let both = wall.cpu_timeout(Duration::from_secs(10));
+    let both = wall.clone().cpu_timeout(Duration::from_secs(10));
     let echo_both = Stats::measure(n, || call(&mut sb, &both));
     row("echo call + both monitors", &echo_both, Some(&echo_no_gc));
 

@@ -30,7 +30,7 @@ mod proto;
 mod snapshot;
 
 pub use builder::{GuestMode, SandboxBuilder, SandboxConfig, positive};
-pub use error::{CancelReason, Error, Result, TransitionError};
+pub use error::{CancelReason, Error, ErrorCode, Result, TransitionError, UnknownErrorCode};
 pub use guest_image::GUEST;
 pub use host_functions::HostFn;
 pub use interrupt::InterruptHandle;

@@ -30,7 +30,7 @@ pub(crate) struct Shared {
 }
 
 /// Options for one call. With no timeout, the handler runs without monitors.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CallOptions {
     /// Wall-clock limit for the call.
     pub wall_clock_timeout: Option<Duration>,
@@ -38,6 +38,9 @@ pub struct CallOptions {
     pub cpu_timeout: Option<Duration>,
     /// Run the garbage collector after the call (default `true`).
     pub gc: bool,
+    /// The handler's second argument as JSON text; `None`: `undefined`.
+    /// Private so that it is always valid JSON (set by [`Self::context`]).
+    context: Option<String>,
 }
 
 impl Default for CallOptions {
@@ -46,6 +49,7 @@ impl Default for CallOptions {
             wall_clock_timeout: None,
             cpu_timeout: None,
             gc: true,
+            context: None,
         }
     }
 }
@@ -67,6 +71,20 @@ impl CallOptions {
     pub fn gc(mut self, gc: bool) -> Self {
         self.gc = gc;
         self
+    }
+
+    /// Passes `ctx` to the handler as its second argument, `handler(event, ctx)`
+    /// (without it, `ctx` is `undefined`). It is plain JSON: unlike the event,
+    /// `{"__hl_bytes": …}` stays an object. Its JSON counts towards the input
+    /// buffer size together with the event's.
+    pub fn context(mut self, ctx: Value) -> Self {
+        self.context = Some(ctx.to_string());
+        self
+    }
+
+    /// The context as JSON text, if one was set.
+    pub fn context_json(&self) -> Option<&str> {
+        self.context.as_deref()
     }
 }
 
@@ -165,12 +183,12 @@ impl LoadedJSSandbox {
         if !self.handlers.contains(key) {
             return Err(Error::UnknownHandler(key.to_string()));
         }
+        let context = options.context.as_deref().unwrap_or_default();
         let limit = self.shared.config.input_buffer_size as usize;
-        if event.len() > limit {
-            return Err(Error::InputTooLarge {
-                size: event.len(),
-                limit,
-            });
+        // Both travel in the same call, through the same input buffer.
+        let size = event.len() + context.len();
+        if size > limit {
+            return Err(Error::InputTooLarge { size, limit });
         }
         serde_json::from_str::<IgnoredAny>(event).map_err(|e| Error::InvalidJson(e.to_string()))?;
 
@@ -182,6 +200,7 @@ impl LoadedJSSandbox {
             (
                 key.to_string(),
                 event.to_string(),
+                context.to_string(),
                 options.gc,
                 seed,
                 crate::clock::now_micros(),

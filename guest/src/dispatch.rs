@@ -176,7 +176,8 @@ fn call_guest_function(call: FunctionCall) -> CallResult {
             ReturnValue::String(exports::register_handler(key, code))
         }
         guest_fn::CALL_HANDLER => {
-            let (Some(key), Some(event), Some(gc), Some(seed), Some(now), Some(hz)) = (
+            let (Some(key), Some(event), Some(context), Some(gc), Some(seed), Some(now), Some(hz)) = (
+                args.string(),
                 args.string(),
                 args.string(),
                 args.bool(),
@@ -187,7 +188,9 @@ fn call_guest_function(call: FunctionCall) -> CallResult {
                 return Err(mismatch(&name));
             };
             args.end(&name)?;
-            ReturnValue::String(exports::call_handler(key, event, gc, seed, now, hz))
+            ReturnValue::String(exports::call_handler(
+                key, event, context, gc, seed, now, hz,
+            ))
         }
         guest_fn::PROBE_READ => {
             let Some(addr) = args.u64() else {

@@ -72,10 +72,11 @@ pub fn register_handler(key: String, code: String) -> String {
     })
 }
 
-/// `CallHandler`: runs a handler on one event.
+/// `CallHandler`: runs a handler on one event and its context (empty: none).
 pub fn call_handler(
     key: String,
     event: String,
+    context: String,
     gc: bool,
     seed: u64,
     now_micros: u64,
@@ -84,7 +85,7 @@ pub fn call_handler(
     crate::clock::set_base(now_micros, tsc_hz);
     in_mode(move || {
         runtime::reseed(seed);
-        reply(handlers::call(&key, &event, gc))
+        reply(handlers::call(&key, &event, &context, gc))
     })
 }
 

@@ -3,7 +3,7 @@
 use alloc::format;
 use alloc::string::{String, ToString};
 
-use hyperlight_js_abi::{GuestErrorKind, encode_err, encode_ok};
+use hyperlight_js_abi::{GuestErrorKind, encode_err_with_detail, encode_ok};
 use rquickjs::promise::PromiseState;
 use rquickjs::{Ctx, Function, Persistent, Promise, Value};
 
@@ -14,6 +14,8 @@ pub struct Failure {
     kind: GuestErrorKind,
     message: String,
     stack: String,
+    /// The frame's detail field (a `RetryError`'s delay).
+    detail: Option<String>,
 }
 
 impl Failure {
@@ -23,12 +25,80 @@ impl Failure {
             kind,
             message: message.to_string(),
             stack: String::new(),
+            detail: None,
         }
     }
 
     /// The framed reply for this failure.
     pub fn encode(&self) -> String {
-        encode_err(self.kind, &self.message, &self.stack)
+        encode_err_with_detail(
+            self.kind,
+            &self.message,
+            &self.stack,
+            self.detail.as_deref(),
+        )
+    }
+
+    /// Gives a thrown error (a plain throw or a `RetryError`) another kind,
+    /// for throws that are not the handler's answer to an event.
+    fn rethrown_as(&mut self, kind: GuestErrorKind) {
+        if matches!(
+            self.kind,
+            GuestErrorKind::HandlerThrew | GuestErrorKind::Retry
+        ) {
+            self.kind = kind;
+            self.detail = None;
+        }
+    }
+}
+
+/// The hidden global holding [`RETRY_PRELUDE`]'s check.
+const RETRY_CHECK: &str = "__hl_retry_delay";
+
+/// `RetryError`, and a check that closes over the class as loaded: a handler
+/// may replace the writable global, but only real `RetryError`s ask for a
+/// retry. The check gives `null` for anything else, `undefined` when no
+/// `delayMs` was given, else the delay as a number's text (non-numbers are
+/// `NaN`). It never throws (a Proxy or a getter could).
+const RETRY_PRELUDE: &str = r#"(function () {
+  class RetryError extends Error {
+    constructor(message, options) {
+      super(message, options);
+      this.delayMs = options?.delayMs;
+    }
+  }
+  Object.defineProperty(RetryError.prototype, 'name', { value: 'RetryError', writable: true, configurable: true });
+  Object.defineProperty(globalThis, 'RetryError', { value: RetryError, writable: true, configurable: true });
+  Object.defineProperty(globalThis, 'CHECK', { value: (e) => {
+    try { if (!(e instanceof RetryError)) return null; } catch (_) { return null; }
+    let d;
+    try { d = e.delayMs; } catch (_) { return 'NaN'; }
+    return d === undefined ? undefined : (typeof d === 'number' ? String(d) : 'NaN');
+  } });
+})"#;
+
+/// Installs the global `RetryError` class (called once, at runtime load).
+pub fn install_retry_error(ctx: &Ctx<'_>) -> rquickjs::Result<()> {
+    let install: Function<'_> = ctx.eval(RETRY_PRELUDE.replace("CHECK", RETRY_CHECK))?;
+    install.call::<_, ()>(())
+}
+
+/// `Some(delay)` when `thrown` is a `RetryError` of the class installed at load.
+fn retry_delay<'js>(ctx: &Ctx<'js>, thrown: &Value<'js>) -> Option<Option<String>> {
+    let check: Function<'js> = ctx.globals().get(RETRY_CHECK).ok()?;
+    match check.call::<_, Value<'js>>((thrown.clone(),)) {
+        Ok(v) if v.is_null() => None,
+        Ok(v) if v.is_undefined() => Some(None),
+        Ok(v) => Some(Some(
+            v.as_string()
+                .and_then(|s| s.to_string().ok())
+                .unwrap_or_else(|| "NaN".to_string()),
+        )),
+        Err(_) => {
+            // Only an out-of-memory gets here; report the throw as it was.
+            let _ = ctx.catch();
+            None
+        }
     }
 }
 
@@ -52,9 +122,8 @@ pub fn register(key: &str, code: &str) -> Result<(), Failure> {
                 },
                 Err(e) => {
                     let mut f = failure_from(&ctx, e);
-                    if f.kind == GuestErrorKind::HandlerThrew {
-                        f.kind = GuestErrorKind::Compile;
-                    }
+                    // A top-level `RetryError` is a broken handler file too.
+                    f.rethrown_as(GuestErrorKind::Compile);
                     f.message = format!("handler '{key}' failed to load: {}", f.message);
                     Err(f)
                 }
@@ -65,8 +134,9 @@ pub fn register(key: &str, code: &str) -> Result<(), Failure> {
     })
 }
 
-/// Runs the handler under `key` on the JSON `event` and returns its JSON result.
-pub fn call(key: &str, event: &str, gc: bool) -> Result<String, Failure> {
+/// Runs the handler under `key` on the JSON `event` (and `context`, empty for
+/// none) and returns its JSON result.
+pub fn call(key: &str, event: &str, context: &str, gc: bool) -> Result<String, Failure> {
     with_js(|js| {
         let Js {
             handlers,
@@ -91,16 +161,22 @@ pub fn call(key: &str, event: &str, gc: bool) -> Result<String, Failure> {
             } else {
                 ctx.json_parse(event).map_err(|e| failure_from(&ctx, e))?
             };
-            let value: Value<'_> = f.call((event,)).map_err(|e| failure_from(&ctx, e))?;
+            // The context is the host's own data: no `__hl_bytes` decoding.
+            let context: Value<'_> = if context.is_empty() {
+                Value::new_undefined(ctx.clone())
+            } else {
+                ctx.json_parse(context).map_err(|e| failure_from(&ctx, e))?
+            };
+            let value: Value<'_> = f
+                .call((event, context))
+                .map_err(|e| failure_from(&ctx, e))?;
             let value = settle(&ctx, value)?;
             let json = match ctx.json_stringify(value) {
                 Ok(Some(s)) => s.to_string().map_err(|e| failure_from(&ctx, e))?,
                 Ok(None) => "null".to_string(),
                 Err(e) => {
                     let mut f = failure_from(&ctx, e);
-                    if f.kind == GuestErrorKind::HandlerThrew {
-                        f.kind = GuestErrorKind::ResultNotJson;
-                    }
+                    f.rethrown_as(GuestErrorKind::ResultNotJson);
                     f.message = format!(
                         "the handler's result is not JSON-serializable: {}",
                         f.message
@@ -129,7 +205,7 @@ pub fn call(key: &str, event: &str, gc: bool) -> Result<String, Failure> {
 
 /// Runs queued jobs until the returned value (when a promise) has settled.
 fn settle<'js>(ctx: &Ctx<'js>, value: Value<'js>) -> Result<Value<'js>, Failure> {
-    while ctx.execute_pending_job() {}
+    while ctx.execute_pending_job() || crate::web::timers::run_next(ctx, &value) {}
     let Some(promise) = value.as_promise().cloned() else {
         return Ok(value);
     };
@@ -181,6 +257,16 @@ fn failure_from_value<'js>(ctx: &Ctx<'js>, thrown: Value<'js>) -> Failure {
             ("InternalError", "out of memory") => GuestErrorKind::OutOfMemory,
             _ => GuestErrorKind::HandlerThrew,
         };
+        if kind == GuestErrorKind::HandlerThrew
+            && let Some(delay) = retry_delay(ctx, &thrown)
+        {
+            return Failure {
+                kind: GuestErrorKind::Retry,
+                message,
+                stack,
+                detail: delay,
+            };
+        }
         if !name.is_empty() || !message.is_empty() {
             let message = if name.is_empty() {
                 message
@@ -191,6 +277,7 @@ fn failure_from_value<'js>(ctx: &Ctx<'js>, thrown: Value<'js>) -> Failure {
                 kind,
                 message,
                 stack,
+                detail: None,
             };
         }
     }
@@ -211,6 +298,7 @@ fn failure_from_value<'js>(ctx: &Ctx<'js>, thrown: Value<'js>) -> Failure {
         kind: GuestErrorKind::HandlerThrew,
         message: format!("Uncaught {text}"),
         stack: String::new(),
+        detail: None,
     }
 }
 

@@ -167,6 +167,7 @@ fn install_globals<'js>(ctx: &Ctx<'js>, host_fns: &str) -> rquickjs::Result<()> 
 
     let math: Object<'_> = globals.get("Math")?;
     math.set("random", Function::new(ctx.clone(), next_random)?)?;
+    crate::handlers::install_retry_error(ctx)?;
 
     let host = Object::new(ctx.clone())?;
     for line in host_fns.lines().filter(|l| !l.is_empty()) {

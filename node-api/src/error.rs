@@ -55,7 +55,7 @@ impl Failure {
 impl From<EngineError> for Failure {
     fn from(e: EngineError) -> Self {
         Self {
-            code: e.code(),
+            code: e.code().as_str(),
             message: e.to_string(),
             guest_stack: e.js_stack().map(str::to_string),
         }
@@ -120,6 +120,11 @@ fn sample(code: &str) -> Option<EngineError> {
             message: "Error: sample".into(),
             stack: "at handler".into(),
         },
+        "ERR_RETRY" => EngineError::Retry {
+            message: "sample".into(),
+            stack: "at handler".into(),
+            delay_ms: Some(250.0),
+        },
         "ERR_COMPILE" => EngineError::Compile {
             key: "sample".into(),
             message: "sample".into(),
@@ -135,12 +140,12 @@ fn sample(code: &str) -> Option<EngineError> {
     Some(e)
 }
 
-/// Every code the engine can produce (`Error::CODES`).
+/// Every code the engine can produce (`ErrorCode::ALL`).
 #[napi_derive::napi(js_name = "_engineErrorCodes")]
 pub fn engine_error_codes() -> Vec<String> {
-    EngineError::CODES
+    hyperlight_js_engine::ErrorCode::ALL
         .iter()
-        .map(|c| (*c).to_string())
+        .map(|c| c.as_str().to_string())
         .collect()
 }
 

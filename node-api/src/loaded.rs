@@ -113,11 +113,10 @@ impl LoadedJSSandbox {
         gc: Option<bool>,
     ) -> napi::Result<Object<'env>> {
         let options = match (|| {
-            Ok::<_, Failure>(engine::CallOptions {
-                wall_clock_timeout: timeout("wallClockTimeoutMs", wall_clock_timeout_ms)?,
-                cpu_timeout: timeout("cpuTimeoutMs", cpu_timeout_ms)?,
-                gc: gc.unwrap_or(true),
-            })
+            let mut o = engine::CallOptions::default().gc(gc.unwrap_or(true));
+            o.wall_clock_timeout = timeout("wallClockTimeoutMs", wall_clock_timeout_ms)?;
+            o.cpu_timeout = timeout("cpuTimeoutMs", cpu_timeout_ms)?;
+            Ok::<_, Failure>(o)
         })() {
             Ok(o) => o,
             Err(f) => return rejected(env, f),
