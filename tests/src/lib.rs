@@ -1,10 +1,14 @@
-//! Helpers of the end-to-end tests: a per-test RabbitMQ virtual host, the
-//! worker binary as a child process, configuration files, and a small AMQP
-//! client that publishes events and collects outcomes.
+//! Helpers of the end-to-end tests: a per-test RabbitMQ broker
+//! ([`TestBroker`]), the worker binary as a child process, configuration
+//! files, and a small AMQP client that publishes events and collects outcomes.
 //!
-//! Broker tests need a running RabbitMQ named by `AMQP_URL` (start one with
-//! `scripts/rabbitmq.sh start`) and `rabbitmqctl` on the `PATH`. Without
-//! `AMQP_URL` they fail; they never skip.
+//! Broker tests get their broker from [`TestBroker::start`]: with
+//! `HLJS_TEST_BROKER_IMAGE` set (`rabbitmq:4.3`, `rabbitmq:3.13`), a fresh
+//! container of that image per test (Docker from `scripts/docker.sh`, local
+//! images from `scripts/broker-images.sh`); otherwise a fresh virtual host on
+//! the running RabbitMQ named by `AMQP_URL` (start one with
+//! `scripts/rabbitmq.sh start`), with `rabbitmqctl` on the `PATH`. With
+//! neither they fail; they never skip.
 #![deny(missing_docs)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -24,6 +28,9 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+pub mod broker;
+pub use broker::{BROKER_IMAGE_ENV, TestBroker};
 
 /// The broker URL from `AMQP_URL`; panics with instructions when unset.
 pub fn amqp_url() -> String {
@@ -127,7 +134,8 @@ pub fn rabbitmqctl(args: &[&str]) -> String {
 }
 
 /// A virtual host of its own for one test (deleted on drop), so tests run
-/// in parallel without sharing queues or exchanges.
+/// in parallel without sharing queues or exchanges. [`TestBroker::start`]
+/// uses one when no broker image is set; the worker benchmark uses it directly.
 pub struct Vhost {
     /// Its name.
     pub name: String,
@@ -438,6 +446,8 @@ pub struct Received {
     pub headers: BTreeMap<String, String>,
     /// `correlation_id`.
     pub correlation_id: Option<String>,
+    /// `message_id`.
+    pub message_id: Option<String>,
 }
 
 impl Received {
@@ -641,6 +651,10 @@ fn received(props: &BasicProperties, data: &[u8]) -> Received {
             let text = match v {
                 AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
                 AMQPValue::ShortString(s) => s.as_str().to_string(),
+                AMQPValue::LongLongInt(n) => n.to_string(),
+                AMQPValue::LongInt(n) => n.to_string(),
+                AMQPValue::ShortInt(n) => n.to_string(),
+                AMQPValue::LongUInt(n) => n.to_string(),
                 other => format!("{other:?}"),
             };
             headers.insert(k.as_str().to_string(), text);
@@ -655,6 +669,7 @@ fn received(props: &BasicProperties, data: &[u8]) -> Received {
             .correlation_id()
             .as_ref()
             .map(|c| c.as_str().to_string()),
+        message_id: props.message_id().as_ref().map(|c| c.as_str().to_string()),
     }
 }
 

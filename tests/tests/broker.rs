@@ -1,4 +1,5 @@
-//! The worker binary against a real RabbitMQ (AMQP_URL), one virtual host per test.
+//! The worker binary against a real RabbitMQ: one broker per test from `TestBroker` (a container
+//! of `HLJS_TEST_BROKER_IMAGE`, or a virtual host of its own on the broker at `AMQP_URL`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -15,10 +16,10 @@ const OUTCOMES: Duration = Duration::from_secs(120);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_example_key_round_trips_over_rpc_and_the_results_exchange() {
-    let vhost = Vhost::new("it-examples");
-    let mut worker = WorkerProcess::start(&example("worker.toml"), &vhost.url);
+    let broker = TestBroker::start("it-examples").await;
+    let mut worker = WorkerProcess::start(&example("worker.toml"), &broker.url);
     worker.wait_ready(READY).await;
-    let client = Client::connect(&vhost.url).await;
+    let client = Client::connect(&broker.url).await;
     let results = client.bind_queue("hyperlight.results", "#").await;
     let replies = unique("it.replies");
     client.declare_queue(&replies, FieldTable::default()).await;
@@ -92,7 +93,7 @@ async fn each_example_key_round_trips_over_rpc_and_the_results_exchange() {
     assert_eq!(by_key["fail"].body_code(), Some("ERR_HANDLER_THREW"));
 
     // The CLI's publish --wait prints the reply (README's one-line broker try-out).
-    let url = vhost.url.clone();
+    let url = broker.url.clone();
     let out = tokio::task::spawn_blocking(move || {
         Command::new(worker_bin())
             .args([
@@ -119,7 +120,7 @@ async fn each_example_key_round_trips_over_rpc_and_the_results_exchange() {
     assert_eq!(reply, json!({"name": "World", "message": "Hello, World!"}));
 
     // An error outcome makes publish --wait exit 3 and still print the outcome.
-    let url = vhost.url.clone();
+    let url = broker.url.clone();
     let out = tokio::task::spawn_blocking(move || {
         Command::new(worker_bin())
             .args(["publish", "--key", "fail", "{}", "--wait"])
@@ -144,7 +145,7 @@ async fn each_example_key_round_trips_over_rpc_and_the_results_exchange() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_error_code_arrives_as_a_published_outcome() {
-    let vhost = Vhost::new("it-codes");
+    let broker = TestBroker::start("it-codes").await;
     let dir = temp_dir("it-codes");
     let (config, ex) = write_config(
         &dir,
@@ -153,9 +154,9 @@ async fn every_error_code_arrives_as_a_published_outcome() {
             "heap_size = 6291456\nstack_size = 262144\nmax_message_bytes = 2048\nmax_result_bytes = 4096\ncpu_timeout_ms = 3000\nwall_timeout_ms = 10000",
         )],
     );
-    let mut worker = WorkerProcess::start(&config, &vhost.url);
+    let mut worker = WorkerProcess::start(&config, &broker.url);
     worker.wait_ready(READY).await;
-    let client = Client::connect(&vhost.url).await;
+    let client = Client::connect(&broker.url).await;
     let results = client.bind_queue(&ex.results, "#").await;
 
     let send = |id: &str, body: Vec<u8>, hdrs: &[(&str, &str)]| {
@@ -284,16 +285,16 @@ async fn every_error_code_arrives_as_a_published_outcome() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_state_leaks_between_messages_and_trace_context_is_passed_on() {
-    let vhost = Vhost::new("it-leak");
+    let broker = TestBroker::start("it-leak").await;
     let dir = temp_dir("it-leak");
     let (config, ex) = write_config(
         &dir,
         "",
         &[HandlerSpec::new("counter", test_handler("counter.js")).pool(2)],
     );
-    let mut worker = WorkerProcess::start(&config, &vhost.url);
+    let mut worker = WorkerProcess::start(&config, &broker.url);
     worker.wait_ready(READY).await;
-    let client = Client::connect(&vhost.url).await;
+    let client = Client::connect(&broker.url).await;
     let results = client.bind_queue(&ex.results, "counter").await;
     let n = 20;
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -337,7 +338,7 @@ async fn no_state_leaks_between_messages_and_trace_context_is_passed_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_messages_over_three_keys_are_each_processed_exactly_once() {
-    let vhost = Vhost::new("it-1000");
+    let broker = TestBroker::start("it-1000").await;
     let dir = temp_dir("it-1000");
     let keys = ["alpha", "beta", "gamma"];
     let specs: Vec<HandlerSpec> = keys
@@ -345,9 +346,9 @@ async fn a_thousand_messages_over_three_keys_are_each_processed_exactly_once() {
         .map(|k| HandlerSpec::new(k, test_handler("echo.js")).pool(2))
         .collect();
     let (config, ex) = write_config(&dir, "", &specs);
-    let mut worker = WorkerProcess::start(&config, &vhost.url);
+    let mut worker = WorkerProcess::start(&config, &broker.url);
     worker.wait_ready(READY).await;
-    let client = Client::connect(&vhost.url).await;
+    let client = Client::connect(&broker.url).await;
     let results = client.bind_queue(&ex.results, "#").await;
     let total = 1000;
     for id in 0..total {
@@ -394,16 +395,16 @@ async fn a_thousand_messages_over_three_keys_are_each_processed_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_while_a_slow_handler_runs_loses_nothing() {
-    let vhost = Vhost::new("it-term");
+    let broker = TestBroker::start("it-term").await;
     let dir = temp_dir("it-term");
     let (config, ex) = write_config(
         &dir,
         "",
         &[HandlerSpec::new("slow", example("handlers/slow.js")).with("cpu_timeout_ms = 20000\nmax_cpu_timeout_ms = 20000\nwall_timeout_ms = 30000\nmax_wall_timeout_ms = 30000")],
     );
-    let mut worker = WorkerProcess::start(&config, &vhost.url);
+    let mut worker = WorkerProcess::start(&config, &broker.url);
     worker.wait_ready(READY).await;
-    let client = Client::connect(&vhost.url).await;
+    let client = Client::connect(&broker.url).await;
     let results = client.bind_queue(&ex.results, "#").await;
     let n = 3;
     for id in 0..n {
@@ -447,7 +448,7 @@ async fn sigterm_while_a_slow_handler_runs_loses_nothing() {
         first.body
     );
     // The others went back to the queue, and a new worker processes them.
-    let mut again = WorkerProcess::start(&config, &vhost.url);
+    let mut again = WorkerProcess::start(&config, &broker.url);
     again.wait_ready(READY).await;
     let after = client.collect(&results, n - before.len(), OUTCOMES).await;
     let ids: Vec<i64> = before
@@ -471,16 +472,16 @@ async fn sigterm_while_a_slow_handler_runs_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_message_ends_in_the_dead_letter_queue() {
-    let vhost = Vhost::new("it-poison");
+    let broker = TestBroker::start("it-poison").await;
     let dir = temp_dir("it-poison");
     let (config, ex) = write_config(
         &dir,
         "max_deliveries = 3",
         &[HandlerSpec::new("echo", test_handler("echo.js"))],
     );
-    let mut worker = WorkerProcess::start(&config, &vhost.url);
+    let mut worker = WorkerProcess::start(&config, &broker.url);
     worker.wait_ready(READY).await;
-    let client = Client::connect(&vhost.url).await;
+    let client = Client::connect(&broker.url).await;
     let results = client.bind_queue(&ex.results, "#").await;
     // A reply queue that refuses every message: the worker's outcome is nacked by the broker
     // each time, so the event can never be completed and must not be acked.
@@ -528,18 +529,18 @@ async fn a_poison_message_ends_in_the_dead_letter_queue() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_that_kills_the_worker_is_dead_lettered_after_max_deliveries() {
-    let vhost = Vhost::new("it-crash");
+    let broker = TestBroker::start("it-crash").await;
     let dir = temp_dir("it-crash");
     let (config, ex) = write_config(
         &dir,
         "max_deliveries = 2",
         &[HandlerSpec::new("slow", example("handlers/slow.js")).with("cpu_timeout_ms = 20000\nmax_cpu_timeout_ms = 20000\nwall_timeout_ms = 30000\nmax_wall_timeout_ms = 30000")],
     );
-    let client = Client::connect(&vhost.url).await;
+    let client = Client::connect(&broker.url).await;
     let mut published = false;
     // Each delivery "crashes" the worker (SIGKILL while the handler runs).
     for _attempt in 0..2 {
-        let mut worker = WorkerProcess::start(&config, &vhost.url);
+        let mut worker = WorkerProcess::start(&config, &broker.url);
         worker.wait_ready(READY).await;
         if !published {
             client

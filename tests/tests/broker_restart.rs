@@ -1,6 +1,7 @@
-//! Stops and restarts the whole broker (`rabbitmqctl stop_app` / `start_app`):
-//! its own test binary, so it never runs alongside the other broker tests
-//! (cargo runs test binaries one after another).
+//! Stops and restarts the whole broker ([`TestBroker::stop`] / [`TestBroker::start_again`]: the
+//! container of `HLJS_TEST_BROKER_IMAGE`, or `rabbitmqctl stop_app` / `start_app` on the broker at
+//! `AMQP_URL`): its own test binary, so it never runs alongside the other broker tests (cargo runs
+//! test binaries one after another).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeSet;
@@ -9,31 +10,20 @@ use std::time::{Duration, Instant};
 use hyperlight_js_e2e::*;
 use serde_json::json;
 
-struct StartAppOnDrop;
-
-impl Drop for StartAppOnDrop {
-    fn drop(&mut self) {
-        // Whatever happened, leave the broker running for the next test binary.
-        let _ = std::process::Command::new("rabbitmqctl")
-            .args(["-q", "start_app"])
-            .output();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_mid_stream_the_worker_reconnects_and_every_message_gets_its_outcome() {
-    let vhost = Vhost::new("it-restart");
+    let broker = TestBroker::start("it-restart").await;
     let dir = temp_dir("it-restart");
     let (config, ex) = write_config(
         &dir,
         "",
         &[HandlerSpec::new("echo", test_handler("echo.js")).pool(2)],
     );
-    let mut worker = WorkerProcess::start(&config, &vhost.url);
+    let mut worker = WorkerProcess::start(&config, &broker.url);
     worker.wait_ready(Duration::from_secs(120)).await;
     let total = 150;
     let (results, first) = {
-        let client = Client::connect(&vhost.url).await;
+        let client = Client::connect(&broker.url).await;
         let results = client.bind_queue(&ex.results, "#").await;
         for id in 0..total {
             client
@@ -52,23 +42,18 @@ async fn broker_restart_mid_stream_the_worker_reconnects_and_every_message_gets_
         let _ = client.connection.close(200, "OK".into()).await;
         (results, first)
     };
-    let guard = StartAppOnDrop;
-    tokio::task::spawn_blocking(|| rabbitmqctl(&["-q", "stop_app"]))
-        .await
-        .unwrap();
+    // A local broker left stopped by a failure is started again when `broker` drops.
+    broker.stop().await;
     let unready_after = worker.wait_readyz(503, Duration::from_secs(15)).await;
     // Readiness stays false while the broker is away.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(worker.get("/readyz").await.map(|(s, _)| s), Some(503));
-    tokio::task::spawn_blocking(|| rabbitmqctl(&["-q", "start_app"]))
-        .await
-        .unwrap();
-    drop(guard);
     let restart = Instant::now();
+    broker.start_again().await;
     worker.wait_readyz(200, Duration::from_secs(90)).await;
     let reconnected_after = restart.elapsed();
 
-    let client = Client::connect_retrying(&vhost.url, Duration::from_secs(60)).await;
+    let client = Client::connect_retrying(&broker.url, Duration::from_secs(60)).await;
     let mut seen: BTreeSet<i64> = first.iter().filter_map(|r| r.body["id"].as_i64()).collect();
     let before = seen.clone();
     let rest = client
@@ -95,6 +80,7 @@ async fn broker_restart_mid_stream_the_worker_reconnects_and_every_message_gets_
     );
     assert!(worker.metric("hljs_reconnects_total", &[]).await >= 1.0);
     eprintln!(
-        "unready {unready_after:?} after stop_app; ready again {reconnected_after:?} after start_app"
+        "RabbitMQ {}: unready {unready_after:?} after the stop; ready again {reconnected_after:?} after the start",
+        broker.version()
     );
 }
