@@ -14,6 +14,7 @@ export type ErrorCodeValue =
   | 'ERR_INTERNAL'
   | 'ERR_NO_HYPERVISOR'
   | 'ERR_HANDLER_THREW'
+  | 'ERR_RETRY'
   | 'ERR_COMPILE'
   | 'ERR_UNKNOWN_HANDLER'
   | 'ERR_INVALID_JSON'
@@ -42,6 +43,8 @@ export declare const ErrorCode: Readonly<{
   NO_HYPERVISOR: 'ERR_NO_HYPERVISOR';
   /** The handler threw or its promise rejected. */
   HANDLER_THREW: 'ERR_HANDLER_THREW';
+  /** The handler threw a `RetryError` (`error.message` is its message). */
+  RETRY: 'ERR_RETRY';
   /** A handler does not compile or does not define `handler`. */
   COMPILE: 'ERR_COMPILE';
   /** No handler is registered under the routing key. */

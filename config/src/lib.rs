@@ -37,6 +37,11 @@ pub const AMQP_URL_ENV: &str = "AMQP_URL";
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 /// The largest pool a handler may ask for.
 pub const MAX_POOL_SIZE: usize = 256;
+/// The longest retry delay a handler may be configured with (one day).
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(86_400);
+/// The longest routing key: a key's delay queues are named `<key>.delay-<ms>`,
+/// and AMQP names are at most 255 bytes.
+pub const MAX_KEY_BYTES: usize = 200;
 
 /// Why the configuration could not be loaded. Each variant has a stable code.
 #[derive(Debug, thiserror::Error)]
@@ -173,7 +178,8 @@ pub struct BrokerConfig {
     pub dead_letter_exchange: String,
     /// Durable queue bound to the dead-letter exchange; defaults to its name.
     pub dead_letter_queue: Option<String>,
-    /// Deliveries of one message before it is dead-lettered.
+    /// Attempts at one message before it is dead-lettered: the default of
+    /// every handler's `max_deliveries`.
     pub max_deliveries: u32,
     /// Unacknowledged messages per sandbox (the consumer prefetch of a key is
     /// this times its pool size). 2 keeps a message ready for each sandbox
@@ -291,6 +297,16 @@ struct RawHandler {
     max_message_bytes: u64,
     #[serde(default = "defaults::max_result_bytes")]
     max_result_bytes: u64,
+    #[serde(default)]
+    max_deliveries: Option<u32>,
+    #[serde(default)]
+    retry_on: Vec<String>,
+    #[serde(default = "defaults::retry_delay_ms")]
+    retry_delay_ms: u64,
+    #[serde(default = "defaults::retry_backoff")]
+    retry_backoff: f64,
+    #[serde(default = "defaults::retry_max_delay_ms")]
+    retry_max_delay_ms: u64,
 }
 
 mod defaults {
@@ -320,6 +336,15 @@ mod defaults {
     }
     pub(super) fn max_result_bytes() -> u64 {
         1024 * 1024
+    }
+    pub(super) fn retry_delay_ms() -> u64 {
+        1000
+    }
+    pub(super) fn retry_backoff() -> f64 {
+        2.0
+    }
+    pub(super) fn retry_max_delay_ms() -> u64 {
+        60_000
     }
 }
 
@@ -373,6 +398,47 @@ pub struct HandlerConfig {
     pub max_message_bytes: u64,
     /// Largest result the handler may return (`ERR_OUTPUT_TOO_LARGE` past it).
     pub max_result_bytes: u64,
+    /// Attempts at one message before it is dead-lettered (`max_deliveries`
+    /// of the handler, else of `[broker]`).
+    pub max_deliveries: u32,
+    /// When and how long to wait before another attempt.
+    pub retry: RetryPolicy,
+}
+
+/// A handler's retry policy: which failures are tried again after a delay,
+/// and the delays. A handler's `RetryError` always is, with the delay it
+/// asks for clamped to `[0, max_delay]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RetryPolicy {
+    /// Error codes retried after a delay (checked against the engine's codes
+    /// when the worker starts).
+    pub retry_on: Vec<String>,
+    /// The delay after the first failed attempt.
+    pub delay: Duration,
+    /// Factor applied to the delay per further attempt (at least 1).
+    pub backoff: f64,
+    /// The longest delay (also the bound of a `RetryError`'s `delayMs`).
+    pub max_delay: Duration,
+}
+
+impl RetryPolicy {
+    /// Retries only for `RetryError`, with the default delays.
+    pub fn none() -> Self {
+        Self {
+            retry_on: Vec::new(),
+            delay: Duration::from_millis(defaults::retry_delay_ms()),
+            backoff: defaults::retry_backoff(),
+            max_delay: Duration::from_millis(defaults::retry_max_delay_ms()),
+        }
+    }
+
+    /// The delay after `attempt` (from 1) failed: `delay × backoff^(attempt-1)`, capped.
+    pub fn delay_after(&self, attempt: u32) -> Duration {
+        let exp = i32::try_from(attempt.saturating_sub(1)).unwrap_or(i32::MAX);
+        let ms = self.delay.as_millis() as f64 * self.backoff.powi(exp);
+        let cap = self.max_delay.as_millis() as f64;
+        Duration::from_millis(if ms.is_finite() { ms.min(cap) } else { cap } as u64)
+    }
 }
 
 /// The worker's whole configuration, validated.
@@ -548,6 +614,48 @@ fn validate(
             ))
         };
         check_amqp_name("key", &h.key).map_err(|m| invalid(format!("handlers[{i}]: {m}")))?;
+        if h.key.len() > MAX_KEY_BYTES {
+            return Err(at(format!(
+                "the key is longer than {MAX_KEY_BYTES} bytes (room is kept for its delay queues' names)"
+            )));
+        }
+        let max_deliveries = h.max_deliveries.unwrap_or(broker.max_deliveries);
+        if max_deliveries == 0 {
+            return Err(at("max_deliveries must be at least 1".into()));
+        }
+        let retry_ms = |name: &str, v: u64| -> Result<Duration, ConfigError> {
+            let d = Duration::from_millis(v);
+            if d > MAX_RETRY_DELAY {
+                return Err(at(format!(
+                    "{name} must be at most {} ms (got {v})",
+                    MAX_RETRY_DELAY.as_millis()
+                )));
+            }
+            Ok(d)
+        };
+        let retry = RetryPolicy {
+            retry_on: h.retry_on.clone(),
+            delay: retry_ms("retry_delay_ms", h.retry_delay_ms)?,
+            backoff: h.retry_backoff,
+            max_delay: retry_ms("retry_max_delay_ms", h.retry_max_delay_ms)?,
+        };
+        if !(retry.backoff.is_finite() && (1.0..=100.0).contains(&retry.backoff)) {
+            return Err(at(format!(
+                "retry_backoff must be between 1 and 100 (got {})",
+                h.retry_backoff
+            )));
+        }
+        if retry.delay > retry.max_delay {
+            return Err(at(format!(
+                "retry_delay_ms ({}) is over retry_max_delay_ms ({})",
+                h.retry_delay_ms, h.retry_max_delay_ms
+            )));
+        }
+        if let Some(bad) = h.retry_on.iter().find(|c| !c.starts_with("ERR_")) {
+            return Err(at(format!(
+                "retry_on holds {bad:?}, which is not an error code (ERR_...)"
+            )));
+        }
         if !seen.insert(h.key.clone()) {
             return Err(at("the key is configured twice".into()));
         }
@@ -611,6 +719,8 @@ fn validate(
             limits,
             max_message_bytes: h.max_message_bytes,
             max_result_bytes: h.max_result_bytes,
+            max_deliveries,
+            retry,
         });
     }
 
@@ -731,6 +841,45 @@ cpu_timeout_ms = 100
         let url = c.broker.url.as_ref().unwrap();
         assert_eq!(url.expose(), "amqp://u:secret@env-host:5672/%2f");
         assert!(!format!("{url} {url:?} {c:?}").contains("secret"));
+    }
+
+    #[test]
+    fn max_deliveries_per_key_and_retry_policy() {
+        let toml = GOOD.replace(
+            "cpu_timeout_ms = 100",
+            "cpu_timeout_ms = 100\nmax_deliveries = 5\nretry_on = [\"ERR_CANCELLED\"]\nretry_delay_ms = 100\nretry_backoff = 3.0\nretry_max_delay_ms = 1000",
+        );
+        let c = load(&toml, &[("HLJS__BROKER__MAX_DELIVERIES", "4")]).unwrap();
+        let h = c.handler("greet").unwrap();
+        assert_eq!(c.broker.max_deliveries, 4);
+        assert_eq!(h.max_deliveries, 5);
+        assert_eq!(h.retry.retry_on, vec!["ERR_CANCELLED".to_string()]);
+        let delays: Vec<u64> = (1..=4)
+            .map(|a| h.retry.delay_after(a).as_millis() as u64)
+            .collect();
+        assert_eq!(delays, [100, 300, 900, 1000]);
+        assert_eq!(h.retry.delay_after(u32::MAX), Duration::from_secs(1));
+        let d = load(GOOD, &[]).unwrap();
+        assert_eq!(d.handler("greet").unwrap().max_deliveries, 3);
+
+        for (bad, needle) in [
+            ("max_deliveries = 0", "max_deliveries"),
+            ("retry_backoff = 0.5", "retry_backoff"),
+            (
+                "retry_delay_ms = 5000\nretry_max_delay_ms = 100",
+                "retry_delay_ms",
+            ),
+            ("retry_max_delay_ms = 999999999", "retry_max_delay_ms"),
+            ("retry_on = [\"cancelled\"]", "retry_on"),
+        ] {
+            let e = load(&GOOD.replace("cpu_timeout_ms = 100", bad), &[]).unwrap_err();
+            assert_eq!(e.code(), "ERR_CONFIG_INVALID", "{bad}");
+            let m = e.to_string();
+            assert!(
+                m.contains(needle) && m.contains("'greet'") && m.contains("greet.js"),
+                "{m}"
+            );
+        }
     }
 
     #[test]

@@ -512,6 +512,10 @@ async fn a_poison_message_ends_in_the_dead_letter_queue() {
     let dead = client.collect(&ex.dead_letter, 1, OUTCOMES).await;
     assert_eq!(dead[0].body, json!({"id": "poison"}));
     assert_eq!(dead[0].correlation_id.as_deref(), Some("poison"));
+    // The worker dead-lettered it on the last attempt, saying why.
+    assert_eq!(dead[0].headers["x-hljs-error-code"], "ERR_PUBLISH_NACKED");
+    assert_eq!(dead[0].headers["x-hljs-attempts"], "3");
+    assert_eq!(dead[0].headers["x-hljs-key"], "echo");
     let ok = client.collect(&results, 1, OUTCOMES).await;
     assert_eq!(ok[0].body, json!({"id": "healthy"}));
     assert_eq!(client.queue_len("echo").await, 0);
@@ -522,8 +526,17 @@ async fn a_poison_message_ends_in_the_dead_letter_queue() {
         )
         .await;
     assert_eq!(
-        requeued, 3.0,
-        "three deliveries, each returned, then dead-lettered by the broker"
+        requeued, 2.0,
+        "attempts 1 and 2 returned with basic.reject (which 4.x counts), attempt 3 dead-lettered"
+    );
+    assert_eq!(
+        worker
+            .metric(
+                "hljs_dead_lettered_total",
+                &["key=\"echo\"", "code=\"ERR_PUBLISH_NACKED\""]
+            )
+            .await,
+        1.0
     );
 }
 
@@ -560,9 +573,27 @@ async fn a_message_that_kills_the_worker_is_dead_lettered_after_max_deliveries()
         worker.sigkill();
         worker.wait_exit(Duration::from_secs(30)).await;
     }
+    // The next delivery is past the limit: a worker dead-letters it without running it.
+    let mut worker = WorkerProcess::start(&config, &broker.url);
+    worker.wait_ready(READY).await;
     let dead = client
-        .collect(&ex.dead_letter, 1, Duration::from_secs(30))
+        .collect(&ex.dead_letter, 1, Duration::from_secs(60))
         .await;
     assert_eq!(dead[0].body["id"], "crash");
+    assert_eq!(dead[0].headers["x-hljs-error-code"], "ERR_DELIVERY_LIMIT");
+    assert_eq!(dead[0].headers["x-hljs-attempts"], "2");
     assert_eq!(client.queue_len("slow").await, 0);
+    assert_eq!(
+        worker.metric("hljs_pool_busy", &["key=\"slow\""]).await,
+        0.0
+    );
+    assert_eq!(
+        worker
+            .metric(
+                "hljs_messages_total",
+                &["key=\"slow\"", "outcome=\"ERR_DELIVERY_LIMIT\""]
+            )
+            .await,
+        1.0
+    );
 }

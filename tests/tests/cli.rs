@@ -8,6 +8,10 @@ use hyperlight_js_e2e::*;
 use serde_json::{Value, json};
 
 fn run_lines(args: &[&str], input: &str, no_broker: bool) -> (i32, Vec<Value>, String) {
+    run_bytes(args, input.as_bytes(), no_broker)
+}
+
+fn run_bytes(args: &[&str], input: &[u8], no_broker: bool) -> (i32, Vec<Value>, String) {
     let mut cmd = Command::new(worker_bin());
     cmd.args(args)
         .stdin(Stdio::piped())
@@ -18,12 +22,7 @@ fn run_lines(args: &[&str], input: &str, no_broker: bool) -> (i32, Vec<Value>, S
         cmd.env_remove("AMQP_URL");
     }
     let mut child = cmd.spawn().unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
     let out = child.wait_with_output().unwrap();
     let lines = String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -122,6 +121,44 @@ fn invalid_config_fails_at_start_naming_the_key_and_the_file() {
         "{stderr}"
     );
     assert!(stderr.contains("worker.toml"), "{stderr}");
+}
+
+#[test]
+fn an_unknown_code_in_retry_on_fails_at_start_naming_the_key_and_the_file() {
+    let dir = temp_dir("it-retry-on");
+    let (config, _) = write_config(
+        &dir,
+        "",
+        &[HandlerSpec::new("greet", example("handlers/greet.js"))
+            .with("retry_on = [\"ERR_CANCELLED\", \"ERR_CANCELED\"]")],
+    );
+    let (code, lines, stderr) = run_lines(&["--config", config.to_str().unwrap()], "", true);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(lines.is_empty());
+    assert!(
+        stderr.contains("ERR_CONFIG_INVALID")
+            && stderr.contains("ERR_CANCELED")
+            && stderr.contains("'greet'")
+            && stderr.contains("greet.js")
+            && stderr.contains("worker.toml"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_line_that_is_not_utf8_gets_its_own_outcome_and_the_run_goes_on() {
+    let mut input = Vec::new();
+    input.extend_from_slice(b"{\"key\":\"greet\",\"event\":{\"name\":\"A\"}}\n");
+    input.extend_from_slice(b"\xff\xfe\n");
+    input.extend_from_slice(b"{\"key\":\"greet\",\"event\":{\"name\":\"B\"}}\n");
+    let config = example("worker.toml");
+    let (code, lines, stderr) = run_bytes(&["--config", config.to_str().unwrap()], &input, true);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert_eq!(lines[0]["result"]["message"], "Hello, A!");
+    assert_eq!(lines[1]["line"], 2);
+    assert_eq!(lines[1]["error"]["code"], "ERR_INVALID_JSON");
+    assert_eq!(lines[2]["result"]["message"], "Hello, B!");
 }
 
 #[test]

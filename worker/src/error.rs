@@ -3,6 +3,8 @@
 
 use hyperlight_js_config::ConfigError;
 
+use crate::codes::{ErrorCode, WorkerCode};
+
 /// Everything that stops the worker or one of its broker sessions.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -54,14 +56,14 @@ impl WorkerError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::Config(e) => e.code(),
-            Self::Pool { source, .. } => source.code(),
-            Self::Broker(_) => "ERR_BROKER",
-            Self::Topology(_) => "ERR_TOPOLOGY",
-            Self::HttpBind { .. } => "ERR_HTTP_BIND",
-            Self::Telemetry(_) => "ERR_TELEMETRY",
-            Self::Io(_) => "ERR_IO",
-            Self::ReplyTimeout(_) => "ERR_REPLY_TIMEOUT",
-            Self::InvalidArgument(_) => "ERR_INVALID_ARG",
+            Self::Pool { source, .. } => source.code().as_str(),
+            Self::Broker(_) => WorkerCode::Broker.as_str(),
+            Self::Topology(_) => WorkerCode::Topology.as_str(),
+            Self::HttpBind { .. } => WorkerCode::HttpBind.as_str(),
+            Self::Telemetry(_) => WorkerCode::Telemetry.as_str(),
+            Self::Io(_) => WorkerCode::Io.as_str(),
+            Self::ReplyTimeout(_) => WorkerCode::ReplyTimeout.as_str(),
+            Self::InvalidArgument(_) => ErrorCode::InvalidArg.as_str(),
         }
     }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use hyperlight_js_worker::amqp::client::{self, PublishRequest};
+use hyperlight_js_worker::amqp::replay::{self, ReplayRequest};
 use hyperlight_js_worker::config::{BrokerConfig, SecretUrl, WorkerConfig};
 use hyperlight_js_worker::run::{Mode, Worker, shutdown_on_signals};
 use hyperlight_js_worker::{WorkerError, telemetry};
@@ -50,6 +51,15 @@ enum Command {
         #[arg(long = "header", value_name = "NAME=VALUE")]
         headers: Vec<String>,
     },
+    /// Move dead letters back to their key's queue, attempts reset; prints a JSON summary.
+    Replay {
+        /// Only the dead letters of this routing key.
+        #[arg(long)]
+        key: Option<String>,
+        /// Move at most this many.
+        #[arg(long)]
+        limit: Option<u64>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -61,7 +71,7 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail(&WorkerError::Io(e)),
     };
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         match cli.command {
             Some(Command::Publish {
                 key,
@@ -82,9 +92,16 @@ fn main() -> ExitCode {
                 )
                 .await
             }
+            Some(Command::Replay { key, limit }) => {
+                replay(cli.config, ReplayRequest { key, limit }).await
+            }
             None => serve(cli.config, cli.stdin, cli.input).await,
         }
-    })
+    });
+    // A sandbox call still running after a drain timeout must not hold the
+    // exit: its message already went back to the queue with the connection.
+    runtime.shutdown_background();
+    code
 }
 
 async fn serve(config: Option<PathBuf>, stdin: bool, input: Option<PathBuf>) -> ExitCode {
@@ -110,6 +127,49 @@ async fn serve(config: Option<PathBuf>, stdin: bool, input: Option<PathBuf>) -> 
     }
 }
 
+/// The broker settings of `config` (or the defaults), with `AMQP_URL` applied.
+fn broker_settings(config: Option<&PathBuf>) -> Result<BrokerConfig, WorkerError> {
+    let mut broker = match config {
+        Some(path) => WorkerConfig::load(path)?.broker,
+        None => BrokerConfig::default(),
+    };
+    if let Ok(url) = std::env::var("AMQP_URL")
+        && !url.trim().is_empty()
+    {
+        broker.url = Some(SecretUrl::new(url));
+    }
+    if broker.url.is_none() {
+        return Err(WorkerError::InvalidArgument(
+            "no broker: set AMQP_URL (or [broker] url in the --config file)".into(),
+        ));
+    }
+    Ok(broker)
+}
+
+async fn replay(config: Option<PathBuf>, request: ReplayRequest) -> ExitCode {
+    let broker = match broker_settings(config.as_ref()) {
+        Ok(b) => b,
+        Err(e) => return fail(&e),
+    };
+    let telemetry = match telemetry::init(&Default::default()) {
+        Ok(t) => t,
+        Err(e) => return fail(&e),
+    };
+    let result = replay::replay(&broker, &request).await;
+    telemetry.shutdown();
+    match result {
+        Ok(summary) => {
+            println!("{}", serde_json::json!(summary));
+            if summary.failed > 0 {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => fail(&e),
+    }
+}
+
 async fn publish(
     config: Option<PathBuf>,
     key: String,
@@ -119,23 +179,10 @@ async fn publish(
     exchange: Option<String>,
     headers: Vec<String>,
 ) -> ExitCode {
-    let mut broker = match &config {
-        Some(path) => match WorkerConfig::load(path) {
-            Ok(c) => c.broker,
-            Err(e) => return fail(&e.into()),
-        },
-        None => BrokerConfig::default(),
+    let mut broker = match broker_settings(config.as_ref()) {
+        Ok(b) => b,
+        Err(e) => return fail(&e),
     };
-    if let Ok(url) = std::env::var("AMQP_URL")
-        && !url.trim().is_empty()
-    {
-        broker.url = Some(SecretUrl::new(url));
-    }
-    if broker.url.is_none() {
-        return fail(&WorkerError::InvalidArgument(
-            "no broker: set AMQP_URL (or [broker] url in the --config file)".into(),
-        ));
-    }
     if let Some(x) = exchange {
         broker.events_exchange = x;
     }

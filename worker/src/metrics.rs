@@ -21,10 +21,12 @@ pub struct Metrics {
     pub pool_size: IntGaugeVec,
     /// Sandboxes currently running a message, by key.
     pub pool_busy: IntGaugeVec,
-    /// Messages handed back to the queue (`nack` with requeue), by key and reason.
+    /// Messages handed back to the queue (`basic.reject` with requeue), by key and reason.
     pub requeued: IntCounterVec,
-    /// Messages rejected to the dead-letter exchange by the worker, by key.
+    /// Messages the worker dead-lettered, by key and error code.
     pub dead_lettered: IntCounterVec,
+    /// Delayed retries scheduled, by key and the code that caused them.
+    pub retried: IntCounterVec,
     /// Broker sessions re-established after a lost connection.
     pub reconnects: IntCounter,
     /// 1 while a broker session is up.
@@ -87,8 +89,13 @@ impl Metrics {
         );
         let dead_lettered = counter_vec(
             "hljs_dead_lettered_total",
-            "Messages the worker rejected to the dead-letter exchange.",
-            &["key"],
+            "Messages the worker dead-lettered after their last attempt, by error code.",
+            &["key", "code"],
+        );
+        let retried = counter_vec(
+            "hljs_retries_total",
+            "Delayed retries scheduled, by the error code that caused them.",
+            &["key", "code"],
         );
         let reconnects = IntCounter::new(
             "hljs_reconnects_total",
@@ -118,6 +125,7 @@ impl Metrics {
             pool_busy,
             requeued,
             dead_lettered,
+            retried,
             reconnects,
             broker_connected,
         }

@@ -236,7 +236,7 @@ impl Pool {
                 Some(sandbox)
             }
             Err(e) => {
-                warn!(key, code = e.code(), error = %e, "restore failed; rebuilding the sandbox from the snapshot");
+                warn!(key, code = %e.code(), error = %e, "restore failed; rebuilding the sandbox from the snapshot");
                 drop(sandbox);
                 match LoadedJSSandbox::from_snapshot(&self.snapshot) {
                     Ok(sb) => {
@@ -251,7 +251,7 @@ impl Pool {
                             .restores
                             .with_label_values(&[key, "lost"])
                             .inc();
-                        tracing::error!(key, code = e.code(), error = %e, "sandbox lost: cannot rebuild it");
+                        tracing::error!(key, code = %e.code(), error = %e, "sandbox lost: cannot rebuild it");
                         None
                     }
                 }

@@ -5,33 +5,24 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyperlight_js_config::{HandlerConfig, TimeLimits};
+use hyperlight_js_config::{ConfigError, HandlerConfig, RetryPolicy, TimeLimits, WorkerConfig};
 use hyperlight_js_engine::CallOptions;
 use serde::de::IgnoredAny;
 use tracing::{debug, info};
 
+use crate::codes::{ErrorCode, WorkerCode, environment_failure};
 use crate::error::WorkerError;
 use crate::metrics::Metrics;
 use crate::pool::Pool;
 
 /// The message body is larger than the handler's `max_message_bytes`.
-pub const ERR_MESSAGE_TOO_LARGE: &str = "ERR_MESSAGE_TOO_LARGE";
+pub const ERR_MESSAGE_TOO_LARGE: &str = WorkerCode::MessageTooLarge.as_str();
 /// The message body is not UTF-8 JSON.
-pub const ERR_INVALID_JSON: &str = "ERR_INVALID_JSON";
+pub const ERR_INVALID_JSON: &str = ErrorCode::InvalidJson.as_str();
 /// A limit asked for in the message's headers (or an input line) is not a positive number.
-pub const ERR_INVALID_ARG: &str = "ERR_INVALID_ARG";
+pub const ERR_INVALID_ARG: &str = ErrorCode::InvalidArg.as_str();
 /// No handler is configured for the routing key.
-pub const ERR_UNKNOWN_HANDLER: &str = "ERR_UNKNOWN_HANDLER";
-
-/// Failures caused by the worker's environment rather than the message: the
-/// broker path hands such a message back to the queue (up to the delivery
-/// limit) instead of publishing a final outcome.
-const RETRYABLE: &[&str] = &[
-    "ERR_INTERNAL",
-    "ERR_POISONED",
-    "ERR_NO_HYPERVISOR",
-    "ERR_CONSUMED",
-];
+pub const ERR_UNKNOWN_HANDLER: &str = ErrorCode::UnknownHandler.as_str();
 
 /// Limits a message asks for; each is clamped to the handler's maximum.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -61,15 +52,20 @@ pub struct Request {
     pub body: Vec<u8>,
     /// Limits asked for by the message.
     pub limits: RequestedLimits,
+    /// The handler's second argument (`ctx`): key, message id, attempt, headers.
+    pub context: Option<serde_json::Value>,
 }
 
 /// A failed message: a stable code and a human message.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Failure {
-    /// `ERR_…`.
+    /// `ERR_…`: an [`ErrorCode`] or a [`WorkerCode`].
     pub code: &'static str,
     /// For humans.
     pub message: String,
+    /// For `ERR_RETRY`: the `delayMs` the handler's `RetryError` asked for
+    /// (NaN when it was not a number), before the policy's clamping.
+    pub retry_delay_ms: Option<f64>,
 }
 
 impl Failure {
@@ -78,17 +74,18 @@ impl Failure {
         Self {
             code,
             message: message.into(),
+            retry_delay_ms: None,
         }
     }
 
     /// Whether the cause is the worker's environment (see the broker path).
     pub fn retryable(&self) -> bool {
-        RETRYABLE.contains(&self.code)
+        environment_failure(self.code)
     }
 }
 
 /// What a message produced.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Outcome {
     /// The handler's result, as JSON text.
     Success(String),
@@ -142,6 +139,8 @@ struct Handler {
     pool: Arc<Pool>,
     limits: TimeLimits,
     max_message_bytes: u64,
+    max_deliveries: u32,
+    retry: RetryPolicy,
 }
 
 impl Processor {
@@ -183,6 +182,8 @@ impl Processor {
                             pool,
                             limits: h.limits,
                             max_message_bytes: h.max_message_bytes,
+                            max_deliveries: h.max_deliveries,
+                            retry: h.retry.clone(),
                         },
                     );
                 }
@@ -209,6 +210,11 @@ impl Processor {
         self.handlers.get(key).map(|h| &h.pool)
     }
 
+    /// Attempts at one message of `key` before it is dead-lettered, and its retry policy.
+    pub fn delivery_policy(&self, key: &str) -> Option<(u32, &RetryPolicy)> {
+        self.handlers.get(key).map(|h| (h.max_deliveries, &h.retry))
+    }
+
     /// Sandboxes over all pools.
     pub fn total_pool_size(&self) -> usize {
         self.handlers.values().map(|h| h.pool.size()).sum()
@@ -229,7 +235,12 @@ impl Processor {
 
     /// Processes one message. Never fails: every failure is an [`Outcome::Failure`].
     pub async fn process(&self, request: Request) -> Outcome {
-        let Request { key, body, limits } = request;
+        let Request {
+            key,
+            body,
+            limits,
+            context,
+        } = request;
         let Some(handler) = self.handlers.get(&key) else {
             return Outcome::Failure(Failure::new(
                 ERR_UNKNOWN_HANDLER,
@@ -263,10 +274,13 @@ impl Processor {
         }
         let (cpu, wall) = limits.resolve(&handler.limits);
         // No garbage collection after the call: the restore that follows discards the heap anyway.
-        let options = CallOptions::default()
+        let mut options = CallOptions::default()
             .cpu_timeout(cpu)
             .wall_clock_timeout(wall)
             .gc(false);
+        if let Some(ctx) = context {
+            options = options.context(ctx);
+        }
         let call = handler.pool.call(event, options).await;
         self.metrics
             .handler_seconds
@@ -275,11 +289,39 @@ impl Processor {
         match call.result {
             Ok(json) => Outcome::Success(json),
             Err(e) => {
-                debug!(key = %key, code = e.code(), error = %e, "handler failed");
-                Outcome::Failure(Failure::new(e.code(), e.to_string()))
+                debug!(key = %key, code = %e.code(), error = %e, "handler failed");
+                let mut failure = Failure::new(e.code().as_str(), e.to_string());
+                if let hyperlight_js_engine::Error::Retry { delay_ms, .. } = &e {
+                    failure.retry_delay_ms = *delay_ms;
+                }
+                Outcome::Failure(failure)
             }
         }
     }
+}
+
+/// Checks every handler's `retry_on` against the engine's error codes, so a
+/// typo fails at start (`ERR_CONFIG_INVALID`, naming the key and the file)
+/// instead of never matching.
+pub fn check_retry_codes(config: &WorkerConfig) -> Result<(), WorkerError> {
+    for h in &config.handlers {
+        for code in &h.retry.retry_on {
+            if code.parse::<ErrorCode>().is_err() {
+                let known: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+                return Err(ConfigError::Invalid {
+                    path: config.path.clone(),
+                    message: format!(
+                        "handler '{}' (file {}): retry_on holds the unknown code {code:?}; the codes are {}",
+                        h.key,
+                        h.file.display(),
+                        known.join(", ")
+                    ),
+                }
+                .into());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Parses a timeout in milliseconds given by a message (`ERR_INVALID_ARG` if

@@ -72,6 +72,7 @@ impl Worker {
     /// Runs to completion: until the input ends (lines mode) or `shutdown`
     /// is cancelled and in-flight messages are drained (broker mode).
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
+        crate::process::check_retry_codes(&self.config)?;
         match self.mode.clone() {
             Mode::Broker => self.run_broker(shutdown).await,
             Mode::Lines { input } => self.run_lines(input, shutdown).await,

@@ -6,7 +6,12 @@
 //! Output, one line per input line, in input order:
 //! `{"line":1,"key":"greet","result":{...}}` or
 //! `{"line":2,"key":"greet","error":{"code":"ERR_…","message":"…"}}`.
-//! Blank lines are skipped. Lines run concurrently up to the pools' size.
+//! Blank lines are skipped; a line that is not UTF-8 gets an
+//! `ERR_INVALID_JSON` outcome and the run goes on. Lines run concurrently up
+//! to the pools' size. A handler's `ctx` is `{key, messageId, attempt: 1,
+//! headers: {}}`, `messageId` being the line's `"id"` when it is a string,
+//! else `line-<n>`; there are no retries (a `RetryError` is an `ERR_RETRY`
+//! outcome).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -44,9 +49,15 @@ where
     W: AsyncWrite + Unpin,
 {
     let concurrency = processor.total_pool_size().max(1);
-    let lines = futures_util::stream::unfold(input.lines(), |mut lines| async move {
-        match lines.next_line().await {
-            Ok(Some(line)) => Some((Ok(line), lines)),
+    // Lines as bytes: one that is not UTF-8 is that line's failure, not the run's.
+    let lines = futures_util::stream::unfold(input.split(b'\n'), |mut lines| async move {
+        match lines.next_segment().await {
+            Ok(Some(mut line)) => {
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                Some((Ok(line), lines))
+            }
             Ok(None) => None,
             Err(e) => Some((Err(e), lines)),
         }
@@ -54,7 +65,9 @@ where
     let outcomes = lines
         .take_until(shutdown.cancelled_owned())
         .enumerate()
-        .filter(|(_, line)| std::future::ready(!matches!(line, Ok(l) if l.trim().is_empty())))
+        .filter(|(_, line)| {
+            std::future::ready(!matches!(line, Ok(l) if l.iter().all(u8::is_ascii_whitespace)))
+        })
         .map(|(i, line)| {
             let processor = Arc::clone(&processor);
             async move {
@@ -84,26 +97,44 @@ where
 }
 
 /// One line → (outcome line, whether it failed).
-async fn process_line(processor: &Processor, line_no: u64, line: &str) -> (String, bool) {
+async fn process_line(processor: &Processor, line_no: u64, line: &[u8]) -> (String, bool) {
     let started = Instant::now();
-    let parsed = parse_line(line);
+    let parsed = match std::str::from_utf8(line) {
+        Ok(text) => parse_line(text),
+        Err(e) => Err(Failure::new(
+            ERR_INVALID_JSON,
+            format!("line {line_no} is not UTF-8: {e}"),
+        )),
+    };
     let key = parsed.as_ref().ok().map(|p| p.key.clone());
     let id = parsed.as_ref().ok().and_then(|p| p.id.clone());
+    // The line's "id" when it is a string, else the line number: stable across reruns.
+    let message_id = match &id {
+        Some(Value::String(s)) => s.clone(),
+        _ => format!("line-{line_no}"),
+    };
     let span = info_span!(
         "message",
         key = key.as_deref().unwrap_or(""),
-        message_id = %uuid::Uuid::new_v4(),
+        message_id = %message_id,
         line = line_no,
         outcome = field::Empty
     );
     let outcome = async {
         let outcome = match parsed {
             Ok(p) => {
+                let context = serde_json::json!({
+                    "key": p.key,
+                    "messageId": message_id,
+                    "attempt": 1,
+                    "headers": {},
+                });
                 processor
                     .process(Request {
                         key: p.key,
                         body: p.body,
                         limits: p.limits,
+                        context: Some(context),
                     })
                     .await
             }
@@ -215,7 +246,47 @@ fn json_string_or_null(s: Option<&str>) -> String {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::process::ERR_UNKNOWN_HANDLER;
     use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_line_that_is_not_utf8_fails_alone() {
+        // Only parse failures here (no sandbox): an empty processor suffices.
+        let processor = Arc::new(
+            Processor::load(&[], crate::metrics::Metrics::new())
+                .await
+                .unwrap(),
+        );
+        let input: &[u8] =
+            b"{\"key\":\"a\",\"event\":1}\n\xff\xfe\n\n{\"key\":\"b\",\"event\":2}\r\n";
+        let mut out = Vec::new();
+        let summary = run(processor, input, &mut out, CancellationToken::new())
+            .await
+            .unwrap();
+        assert_eq!(
+            summary,
+            Summary {
+                lines: 3,
+                failures: 3
+            }
+        );
+        let lines: Vec<Value> = String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines[0]["error"]["code"], ERR_UNKNOWN_HANDLER);
+        assert_eq!(lines[1]["line"], 2);
+        assert_eq!(lines[1]["error"]["code"], ERR_INVALID_JSON);
+        assert!(
+            lines[1]["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("UTF-8")
+        );
+        assert_eq!(lines[2]["line"], 4);
+        assert_eq!(lines[2]["key"], "b");
+    }
 
     #[test]
     fn lines_parse_key_event_id_and_limits() {

@@ -62,6 +62,7 @@ fn request(key: &str, body: &str) -> Request {
         key: key.into(),
         body: body.as_bytes().to_vec(),
         limits: RequestedLimits::default(),
+        context: None,
     }
 }
 

@@ -6,6 +6,8 @@ pub mod connect;
 pub mod consumer;
 pub mod headers;
 pub mod publisher;
+pub mod replay;
+pub mod retry;
 pub mod topology;
 
 use std::sync::Arc;
@@ -136,13 +138,27 @@ impl Session {
             .create_channel()
             .await
             .map_err(WorkerError::broker)?;
-        topology::declare(&setup, &config.broker, &keys).await?;
+        let limits: Vec<(String, u32)> = keys
+            .iter()
+            .map(|k| {
+                let max = processor
+                    .delivery_policy(k)
+                    .map_or(config.broker.max_deliveries, |(max, _)| max);
+                (k.clone(), max)
+            })
+            .collect();
+        topology::declare(&setup, &config.broker, &limits).await?;
         let publisher = Publisher::open(connection, &config.broker.results_exchange).await?;
-        let mut channels = vec![setup, publisher.channel().clone()];
+        let mut channels = vec![setup.clone(), publisher.channel().clone()];
         let ctx = Arc::new(SessionContext {
             processor: Arc::clone(processor),
             publisher,
-            max_deliveries: config.broker.max_deliveries,
+            default_max_deliveries: config.broker.max_deliveries,
+            dead_letter_exchange: config.broker.dead_letter_exchange.clone(),
+            topology: tokio::sync::Mutex::new(consumer::TopologyChannel {
+                channel: setup,
+                declared: Default::default(),
+            }),
             metrics: metrics.clone(),
         });
         let stop = CancellationToken::new();

@@ -3,9 +3,13 @@
 //! the results exchange, and the dead-letter exchange with its queue.
 //!
 //! The per-key queues are quorum queues: the broker counts deliveries
-//! (`x-delivery-count`) and, past `x-delivery-limit`, dead-letters the message
-//! itself, so a message that crashes the worker every time still ends in the
-//! dead-letter queue after `max_deliveries` attempts.
+//! (`x-delivery-count`, and `x-acquired-count` on 4.x). The worker settles
+//! every attempt itself, dead-lettering on the last one (see
+//! [`super::retry`]); a message that crashed or stalled the worker on every
+//! attempt arrives once more, past `max_deliveries`, and is dead-lettered
+//! unrun. `x-delivery-limit` (`max_deliveries` + 1 deliveries) is the
+//! broker's backstop should even that delivery crash.
+//! Delay queues (`<key>.delay-<ms>ms`) are declared on first use.
 
 use hyperlight_js_config::BrokerConfig;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
@@ -16,7 +20,7 @@ use crate::error::WorkerError;
 
 /// Arguments of a handler's queue. Declaring an existing queue with other
 /// arguments fails with `PRECONDITION_FAILED`, reported as `ERR_TOPOLOGY`.
-pub fn queue_arguments(broker: &BrokerConfig) -> FieldTable {
+pub fn queue_arguments(broker: &BrokerConfig, max_deliveries: u32) -> FieldTable {
     let mut args = FieldTable::default();
     args.insert(
         "x-queue-type".into(),
@@ -26,10 +30,11 @@ pub fn queue_arguments(broker: &BrokerConfig) -> FieldTable {
         "x-dead-letter-exchange".into(),
         AMQPValue::LongString(broker.dead_letter_exchange.clone().into()),
     );
-    // The limit counts redeliveries: N deliveries in all means N - 1 returns.
+    // The limit counts returns: `max_deliveries` returns allow one delivery
+    // past the last attempt, which the worker dead-letters with its reason.
     args.insert(
         "x-delivery-limit".into(),
-        AMQPValue::LongLongInt(i64::from(broker.max_deliveries.saturating_sub(1))),
+        AMQPValue::LongLongInt(i64::from(max_deliveries)),
     );
     args
 }
@@ -38,7 +43,7 @@ pub fn queue_arguments(broker: &BrokerConfig) -> FieldTable {
 pub async fn declare(
     channel: &Channel,
     broker: &BrokerConfig,
-    keys: &[String],
+    keys: &[(String, u32)],
 ) -> Result<(), WorkerError> {
     let durable = ExchangeDeclareOptions {
         durable: true,
@@ -73,9 +78,13 @@ pub async fn declare(
         )
         .await
         .map_err(|e| topology(format!("binding of '{dlq}'"), &e))?;
-    for key in keys {
+    for (key, max_deliveries) in keys {
         channel
-            .queue_declare(key.as_str().into(), queue_opts, queue_arguments(broker))
+            .queue_declare(
+                key.as_str().into(),
+                queue_opts,
+                queue_arguments(broker, *max_deliveries),
+            )
             .await
             .map_err(|e| {
                 topology(
