@@ -32,6 +32,8 @@ mod runtime;
 mod transport;
 #[cfg(target_os = "none")]
 mod usermode;
+#[cfg(target_os = "none")]
+mod web;
 
 /// Called by hyperlight-guest-bin at the end of its initialisation; ends it
 /// with our own dispatch entry (see [`dispatch`]).

@@ -49,6 +49,7 @@ static RNG: Rng = Rng(Cell::new(0x9E37_79B9_7F4A_7C15));
 pub fn reseed(seed: u64) {
     if seed != 0 {
         RNG.0.set(seed);
+        crate::web::crypto::reseed(seed);
     }
 }
 
@@ -167,6 +168,7 @@ fn install_globals<'js>(ctx: &Ctx<'js>, host_fns: &str) -> rquickjs::Result<()> 
 
     let math: Object<'_> = globals.get("Math")?;
     math.set("random", Function::new(ctx.clone(), next_random)?)?;
+    crate::web::install(ctx)?;
     crate::handlers::install_retry_error(ctx)?;
 
     let host = Object::new(ctx.clone())?;
