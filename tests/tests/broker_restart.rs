@@ -17,17 +17,18 @@ async fn broker_restart_mid_stream_the_worker_reconnects_and_every_message_gets_
     let (config, ex) = write_config(
         &dir,
         "",
-        &[HandlerSpec::new("echo", test_handler("echo.js")).pool(2)],
+        &[HandlerSpec::new("echo", example("handlers/slow.js")).pool(2)],
     );
     let mut worker = WorkerProcess::start(&config, &broker.url);
     worker.wait_ready(Duration::from_secs(120)).await;
-    let total = 150;
+    // ~25 ms a message over two sandboxes: the stream takes seconds, so the stop lands mid-stream.
+    let total = 300;
     let (results, first) = {
         let client = Client::connect(&broker.url).await;
         let results = client.bind_queue(&ex.results, "#").await;
         for id in 0..total {
             client
-                .publish_json(&ex.events, "echo", &json!({"id": id}))
+                .publish_json(&ex.events, "echo", &json!({"ms": 25, "id": id}))
                 .await;
         }
         // Let part of the stream through, then take the broker away.
@@ -45,6 +46,16 @@ async fn broker_restart_mid_stream_the_worker_reconnects_and_every_message_gets_
     // A local broker left stopped by a failure is started again when `broker` drops.
     broker.stop().await;
     let unready_after = worker.wait_readyz(503, Duration::from_secs(15)).await;
+    // Provably mid-stream: nothing can be acked while the broker is away, and some messages
+    // were still waiting for their outcome when it went.
+    let done_at_stop = worker
+        .metric("hljs_messages_total", &["key=\"echo\""])
+        .await;
+    assert!(
+        done_at_stop < total as f64,
+        "all {total} messages were done before the broker stopped: the test proves nothing"
+    );
+    eprintln!("{done_at_stop} of {total} messages done when the broker stopped");
     // Readiness stays false while the broker is away.
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(worker.get("/readyz").await.map(|(s, _)| s), Some(503));
@@ -79,6 +90,13 @@ async fn broker_restart_mid_stream_the_worker_reconnects_and_every_message_gets_
         "the events queue is drained"
     );
     assert!(worker.metric("hljs_reconnects_total", &[]).await >= 1.0);
+    assert!(
+        worker
+            .metric("hljs_messages_total", &["key=\"echo\""])
+            .await
+            >= total as f64,
+        "the messages pending at the stop were processed after the restart"
+    );
     eprintln!(
         "RabbitMQ {}: unready {unready_after:?} after the stop; ready again {reconnected_after:?} after the start",
         broker.version()
