@@ -101,6 +101,22 @@ pub fn worker_bin() -> PathBuf {
     .clone()
 }
 
+/// Runs the worker binary to completion with `args` and `AMQP_URL = url`
+/// (off the async runtime's threads); its exit status and output.
+pub async fn worker_cli(args: &[&str], url: &str) -> std::process::Output {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let url = url.to_string();
+    tokio::task::spawn_blocking(move || {
+        Command::new(worker_bin())
+            .args(&args)
+            .env("AMQP_URL", url)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
 /// A short unique name.
 pub fn unique(prefix: &str) -> String {
     format!(

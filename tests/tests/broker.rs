@@ -93,24 +93,19 @@ async fn each_example_key_round_trips_over_rpc_and_the_results_exchange() {
     assert_eq!(by_key["fail"].body_code(), Some("ERR_HANDLER_THREW"));
 
     // The CLI's publish --wait prints the reply (README's one-line broker try-out).
-    let url = broker.url.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(worker_bin())
-            .args([
-                "publish",
-                "--key",
-                "greet",
-                r#"{"name":"World"}"#,
-                "--wait",
-                "--timeout-secs",
-                "60",
-            ])
-            .env("AMQP_URL", url)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let out = worker_cli(
+        &[
+            "publish",
+            "--key",
+            "greet",
+            r#"{"name":"World"}"#,
+            "--wait",
+            "--timeout-secs",
+            "60",
+        ],
+        &broker.url,
+    )
+    .await;
     assert!(
         out.status.success(),
         "publish --wait failed: {}",
@@ -120,16 +115,7 @@ async fn each_example_key_round_trips_over_rpc_and_the_results_exchange() {
     assert_eq!(reply, json!({"name": "World", "message": "Hello, World!"}));
 
     // An error outcome makes publish --wait exit 3 and still print the outcome.
-    let url = broker.url.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(worker_bin())
-            .args(["publish", "--key", "fail", "{}", "--wait"])
-            .env("AMQP_URL", url)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let out = worker_cli(&["publish", "--key", "fail", "{}", "--wait"], &broker.url).await;
     assert_eq!(out.status.code(), Some(3));
     let reply: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(reply["error"]["code"], "ERR_HANDLER_THREW");

@@ -278,19 +278,19 @@ async fn when_the_attempts_run_out_the_outcome_is_published_then_the_message_is_
             .publish("", &ex.dead_letter, d.body.to_string().as_bytes(), props)
             .await;
     }
-    let url = broker.url().to_string();
-    let cfg = config.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(worker_bin())
-            .args(["--config"])
-            .arg(&cfg)
-            .args(["replay", "--key", "always", "--limit", "1"])
-            .env("AMQP_URL", url)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let out = worker_cli(
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "replay",
+            "--key",
+            "always",
+            "--limit",
+            "1",
+        ],
+        broker.url(),
+    )
+    .await;
     assert!(
         out.status.success(),
         "replay failed: {}",

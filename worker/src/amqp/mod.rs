@@ -4,6 +4,7 @@
 pub mod client;
 pub mod connect;
 pub mod consumer;
+pub mod delivery;
 pub mod headers;
 pub mod publisher;
 pub mod replay;
