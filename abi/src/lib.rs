@@ -20,6 +20,12 @@ pub mod guest_fn {
     pub const LOAD_RUNTIME: &str = "LoadRuntime";
     /// `(key: String, code: String) -> String`: compiles a handler under a routing key.
     pub const REGISTER_HANDLER: &str = "RegisterHandler";
+    /// `(name: String, source: String) -> String`: stores an embedded ES module
+    /// under its canonical name (`namespace:name`); compiled by [`LOAD_MODULE`].
+    pub const ADD_MODULE: &str = "AddModule";
+    /// `(name: String) -> String`: compiles and evaluates the stored module
+    /// `name` (canonical) and what it imports.
+    pub const LOAD_MODULE: &str = "LoadModule";
     /// `(key: String, event_json: String, context_json: String, gc: bool, seed: u64, now_micros: u64, tsc_hz: u64) -> String`:
     /// runs a handler as `handler(event, ctx)`; an empty `context_json` means no
     /// context (`ctx` is `undefined`). A non-zero `seed` reseeds `Math.random`

@@ -21,12 +21,15 @@ pub struct JSSandbox {
     sandbox: Box<Sandbox>,
     shared: Arc<Shared>,
     handlers: BTreeMap<String, String>,
+    /// Embedded ES modules by canonical name (`namespace:name`).
+    modules: BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for JSSandbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JSSandbox")
             .field("handlers", &self.handlers.keys())
+            .field("modules", &self.modules.keys())
             .finish_non_exhaustive()
     }
 }
@@ -51,6 +54,7 @@ impl JSSandbox {
             sandbox,
             shared,
             handlers: BTreeMap::new(),
+            modules: BTreeMap::new(),
         }
     }
 
@@ -78,6 +82,39 @@ impl JSSandbox {
         self.handlers.keys().map(String::as_str)
     }
 
+    /// Adds (or replaces) the embedded ES module `name`, which handlers and
+    /// other modules import as `"name"` or `"user:name"`. Compiled by
+    /// `get_loaded_sandbox`, in any order (modules may import each other and
+    /// `host:<module>`).
+    pub fn add_module(&mut self, name: &str, source: &str) -> Result<()> {
+        self.add_module_in(DEFAULT_NAMESPACE, name, source)
+    }
+
+    /// Adds (or replaces) module `name` in `namespace`, imported as
+    /// `"namespace:name"`. The namespaces `host` and `handler` are reserved.
+    pub fn add_module_in(&mut self, namespace: &str, name: &str, source: &str) -> Result<()> {
+        let canonical = module_name(namespace, name)?;
+        self.modules.insert(canonical, source.to_string());
+        Ok(())
+    }
+
+    /// Removes module `name` from `namespace` (`None`: `user`); returns
+    /// whether there was one.
+    pub fn remove_module(&mut self, name: &str, namespace: Option<&str>) -> Result<bool> {
+        let canonical = module_name(namespace.unwrap_or(DEFAULT_NAMESPACE), name)?;
+        Ok(self.modules.remove(&canonical).is_some())
+    }
+
+    /// Removes every module.
+    pub fn clear_modules(&mut self) {
+        self.modules.clear();
+    }
+
+    /// The modules added so far, as `namespace:name`.
+    pub fn module_names(&self) -> impl Iterator<Item = &str> {
+        self.modules.keys().map(String::as_str)
+    }
+
     /// Compiles every handler in the VM. A handler that does not compile is
     /// named in an `ERR_COMPILE` error, and this sandbox comes back unchanged.
     #[instrument(name = "sandbox.get_loaded", skip_all, fields(handlers = self.handlers.len()), err(Display))]
@@ -97,6 +134,21 @@ impl JSSandbox {
     }
 
     fn compile_all(&mut self) -> Result<()> {
+        // All sources first, so that modules may import each other in any order.
+        for (name, source) in &self.modules {
+            let frame: String = self
+                .sandbox
+                .call(guest_fn::ADD_MODULE, (name.clone(), source.clone()))
+                .map_err(error_map::from_hyperlight)?;
+            error_map::reply(name, frame)?;
+        }
+        for name in self.modules.keys() {
+            let frame: String = self
+                .sandbox
+                .call(guest_fn::LOAD_MODULE, (name.clone(),))
+                .map_err(error_map::from_hyperlight)?;
+            error_map::reply(name, frame)?;
+        }
         for (key, code) in &self.handlers {
             let frame: String = self
                 .sandbox
@@ -106,6 +158,26 @@ impl JSSandbox {
         }
         Ok(())
     }
+}
+
+/// The namespace of modules added without one.
+const DEFAULT_NAMESPACE: &str = "user";
+
+/// The canonical name of module `name` in `namespace`, after checking both.
+fn module_name(namespace: &str, name: &str) -> Result<String> {
+    for (what, part) in [("module name", name), ("module namespace", namespace)] {
+        if part.is_empty() || part.contains(':') {
+            return Err(Error::InvalidArgument(format!(
+                "the {what} '{part}' must be non-empty and contain no ':'"
+            )));
+        }
+    }
+    if matches!(namespace, "host" | "handler") {
+        return Err(Error::InvalidArgument(format!(
+            "the module namespace '{namespace}' is reserved"
+        )));
+    }
+    Ok(format!("{namespace}:{name}"))
 }
 
 pub(crate) fn check_key(key: &str) -> Result<()> {

@@ -175,6 +175,20 @@ fn call_guest_function(call: FunctionCall) -> CallResult {
             args.end(&name)?;
             ReturnValue::String(exports::register_handler(key, code))
         }
+        guest_fn::ADD_MODULE => {
+            let (Some(module), Some(source)) = (args.string(), args.string()) else {
+                return Err(mismatch(&name));
+            };
+            args.end(&name)?;
+            ReturnValue::String(exports::add_module(module, source))
+        }
+        guest_fn::LOAD_MODULE => {
+            let Some(module) = args.string() else {
+                return Err(mismatch(&name));
+            };
+            args.end(&name)?;
+            ReturnValue::String(exports::load_module(module))
+        }
         guest_fn::CALL_HANDLER => {
             let (Some(key), Some(event), Some(context), Some(gc), Some(seed), Some(now), Some(hz)) = (
                 args.string(),

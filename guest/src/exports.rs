@@ -72,6 +72,16 @@ pub fn register_handler(key: String, code: String) -> String {
     })
 }
 
+/// `AddModule`: stores an embedded module's source.
+pub fn add_module(name: String, source: String) -> String {
+    in_mode(move || reply(handlers::add_module(&name, &source).map(|()| String::from("null"))))
+}
+
+/// `LoadModule`: compiles and evaluates a stored module.
+pub fn load_module(name: String) -> String {
+    in_mode(move || reply(handlers::load_module(&name).map(|()| String::from("null"))))
+}
+
 /// `CallHandler`: runs a handler on one event and its context (empty: none).
 pub fn call_handler(
     key: String,

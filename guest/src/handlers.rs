@@ -9,6 +9,10 @@ use rquickjs::{Ctx, Function, Persistent, Promise, Value};
 
 use crate::runtime::{BYTES_TAG, Js, with_js};
 
+// Declared here rather than in main.rs: modules are part of compiling handlers.
+#[path = "modules.rs"]
+pub mod modules;
+
 /// A failure on its way to the host.
 pub struct Failure {
     kind: GuestErrorKind,
@@ -102,9 +106,84 @@ fn retry_delay<'js>(ctx: &Ctx<'js>, thrown: &Value<'js>) -> Option<Option<String
     }
 }
 
+/// Appended to a handler module: gives the guest its `handler`, exported or
+/// not (a later line, so that every declaration has run).
+const MODULE_EPILOGUE: &str =
+    "\n;export const __hl_handler = typeof handler === 'function' ? handler : undefined;\n";
+
+/// Stores an embedded module's source under its canonical name; modules are
+/// compiled by [`load_module`] once all are stored, so that they may import
+/// each other in any order.
+pub fn add_module(name: &str, source: &str) -> Result<(), Failure> {
+    with_js(|_| {
+        modules::add(name, source);
+        Ok(())
+    })
+}
+
+/// Compiles and evaluates the embedded module `name` (canonical), with
+/// everything it imports.
+pub fn load_module(name: &str) -> Result<(), Failure> {
+    with_js(|js| {
+        js.ctx.with(|ctx| {
+            let promise =
+                rquickjs::Module::import(&ctx, name).map_err(|e| failure_from(&ctx, e))?;
+            settle(&ctx, promise.into_value())
+                .map(|_| ())
+                .map_err(|f| load_failure(f, &modules::describe(name)))
+        })
+    })
+}
+
+/// A failure while a handler or module loads is `ERR_COMPILE`, naming it.
+fn load_failure(mut f: Failure, what: &str) -> Failure {
+    // A top-level `RetryError` is a broken file too.
+    f.rethrown_as(GuestErrorKind::Compile);
+    f.message = format!("{what} failed to load: {}", f.message);
+    f
+}
+
+/// Compiles a handler written as an ES module: its own module, so that its
+/// top-level bindings stay its own; `handler` may be exported or not, or be
+/// the default export.
+fn register_module(key: &str, code: &str) -> Result<(), Failure> {
+    with_js(|js| {
+        let compiled = js.ctx.with(|ctx| {
+            let name = format!("{}{key}", modules::HANDLER_PREFIX);
+            let what = format!("handler '{key}'");
+            let fail = |ctx: &Ctx<'_>, e| load_failure(failure_from(ctx, e), &what);
+            let declared =
+                rquickjs::Module::declare(ctx.clone(), name, format!("{code}{MODULE_EPILOGUE}"))
+                    .map_err(|e| fail(&ctx, e))?;
+            let (module, promise) = declared.eval().map_err(|e| fail(&ctx, e))?;
+            settle(&ctx, promise.into_value()).map_err(|f| load_failure(f, &what))?;
+            let ns = module.namespace().map_err(|e| fail(&ctx, e))?;
+            let mut f: Value<'_> = ns.get("__hl_handler").map_err(|e| fail(&ctx, e))?;
+            if !f.is_function() {
+                f = ns.get("default").map_err(|e| fail(&ctx, e))?;
+            }
+            match f.into_function() {
+                Some(f) => Ok(Persistent::save(&ctx, f)),
+                None => Err(Failure::new(
+                    GuestErrorKind::Compile,
+                    &format!(
+                        "handler '{key}' does not define or export a function named 'handler'"
+                    ),
+                )),
+            }
+        })?;
+        js.handlers.insert(key.to_string(), compiled);
+        Ok(())
+    })
+}
+
 /// Compiles `code` under `key`. The code runs inside its own function scope,
-/// so every handler can define its own `handler` without clashing.
+/// so every handler can define its own `handler` without clashing; code with
+/// `import`/`export` is compiled as a module instead.
 pub fn register(key: &str, code: &str) -> Result<(), Failure> {
+    if modules::is_module(code) {
+        return register_module(key, code);
+    }
     with_js(|js| {
         let compiled = js.ctx.with(|ctx| {
             // The prefix shares the first line with the user's code so that

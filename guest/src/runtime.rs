@@ -190,7 +190,14 @@ fn install_globals<'js>(ctx: &Ctx<'js>, host_fns: &str) -> rquickjs::Result<()> 
         })?;
         module_obj.set(function, stub)?;
     }
-    globals.set("host", host)?;
+    globals.set("host", host.clone())?;
+    // `host:` modules read the object as loaded, whatever `host` holds later.
+    let define: Function<'_> = ctx.eval(format!(
+        "(h) => {{ Object.defineProperty(globalThis, '{}', {{ value: h }}); }}",
+        crate::handlers::modules::HOST_GLOBAL
+    ))?;
+    define.call::<_, ()>((host,))?;
+    crate::handlers::modules::install(ctx, host_fns);
     Ok(())
 }
 
