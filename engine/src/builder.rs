@@ -21,6 +21,14 @@ pub struct SandboxConfig {
     pub output_buffer_size: u64,
     /// Where the JavaScript engine runs inside the micro-VM.
     pub guest_mode: GuestMode,
+    /// Hyperlight's scratch region (all memory the guest may write: copies of
+    /// written heap pages, the stack, the transport buffers); `None`: what the
+    /// sizes above need. A smaller value is raised to that.
+    pub scratch_size: Option<u64>,
+    /// Console bytes one call may log; the rest of the call's output is dropped.
+    pub console_max_bytes: u64,
+    /// Console lines one call may log; the rest of the call's output is dropped.
+    pub console_max_lines: u64,
 }
 
 /// Where the JavaScript engine runs inside the micro-VM.
@@ -53,6 +61,9 @@ impl Default for SandboxConfig {
             input_buffer_size: SandboxBuilder::DEFAULT_INPUT_BUFFER_SIZE,
             output_buffer_size: SandboxBuilder::DEFAULT_OUTPUT_BUFFER_SIZE,
             guest_mode: GuestMode::from_env(),
+            scratch_size: None,
+            console_max_bytes: SandboxBuilder::DEFAULT_CONSOLE_MAX_BYTES,
+            console_max_lines: SandboxBuilder::DEFAULT_CONSOLE_MAX_LINES,
         }
     }
 }
@@ -76,6 +87,9 @@ impl SandboxConfig {
             ("stack size", self.stack_size),
             ("input buffer size", self.input_buffer_size),
             ("output buffer size", self.output_buffer_size),
+            ("scratch size", self.scratch_size.unwrap_or(1)),
+            ("console byte limit", self.console_max_bytes),
+            ("console line limit", self.console_max_lines),
         ] {
             positive(name, v)?;
         }
@@ -125,11 +139,13 @@ impl SandboxConfig {
     fn scratch_size(&self) -> u64 {
         // Scratch holds every page written since the last snapshot (copy-on-write),
         // the on-demand stack and the transport buffers (two output-sized ones).
-        (self.heap_size
+        let needed = self.heap_size
             + self.stack_size
             + self.input_buffer_size
             + 2 * self.output_buffer_size
-            + SCRATCH_SLACK)
+            + SCRATCH_SLACK;
+        needed
+            .max(self.scratch_size.unwrap_or(0))
             .next_multiple_of(64 * 1024)
     }
 }
@@ -172,6 +188,10 @@ impl SandboxBuilder {
     pub const DEFAULT_INPUT_BUFFER_SIZE: u64 = 1024 * 1024;
     /// Default output buffer (largest result): 1 MiB.
     pub const DEFAULT_OUTPUT_BUFFER_SIZE: u64 = 1024 * 1024;
+    /// Default console output per call: 64 KiB.
+    pub const DEFAULT_CONSOLE_MAX_BYTES: u64 = 64 * 1024;
+    /// Default console output per call: 1000 lines.
+    pub const DEFAULT_CONSOLE_MAX_LINES: u64 = 1000;
     /// Smallest heap that holds the QuickJS runtime and a full context.
     pub const MIN_HEAP_SIZE: u64 = 4 * 1024 * 1024;
 
@@ -206,6 +226,23 @@ impl SandboxBuilder {
     /// Sets the output buffer size in bytes: the largest result returned (must be > 0).
     pub fn output_buffer_size(mut self, bytes: u64) -> Self {
         self.config.output_buffer_size = bytes;
+        self
+    }
+
+    /// Sets Hyperlight's scratch region in bytes (must be > 0): all memory
+    /// the guest may write between snapshots. Values below what the heap,
+    /// stack and buffer sizes need are raised to that.
+    pub fn scratch_size(mut self, bytes: u64) -> Self {
+        self.config.scratch_size = Some(bytes);
+        self
+    }
+
+    /// Caps console output per call (must be > 0 each): past `max_bytes`
+    /// bytes or `max_lines` lines the rest of the call's output is dropped
+    /// and one `console output truncated: …` warning is logged instead.
+    pub fn console_limits(mut self, max_bytes: u64, max_lines: u64) -> Self {
+        self.config.console_max_bytes = max_bytes;
+        self.config.console_max_lines = max_lines;
         self
     }
 

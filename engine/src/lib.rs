@@ -35,7 +35,7 @@ pub use guest_image::GUEST;
 pub use host_functions::HostFn;
 pub use interrupt::InterruptHandle;
 pub use js_sandbox::JSSandbox;
-pub use loaded::{CallOptions, LoadedJSSandbox};
+pub use loaded::{CallOptions, CallStats, LoadedJSSandbox};
 pub use proto::ProtoJSSandbox;
 pub use snapshot::Snapshot;
 

@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyperlight_host::sandbox::snapshot::Snapshot as HlSnapshot;
 use hyperlight_host::{HyperlightError, Sandbox};
@@ -18,7 +18,7 @@ use crate::error_map;
 use crate::host_functions::{self, HostRegistry};
 use crate::interrupt::InterruptHandle;
 use crate::js_sandbox::{JSSandbox, check_key};
-use crate::monitor::{Limits, Monitors};
+use crate::monitor::{Limits, Monitors, ThreadCpuClock};
 use crate::snapshot::Snapshot;
 
 /// What every state of one sandbox lineage shares.
@@ -88,6 +88,18 @@ impl CallOptions {
     }
 }
 
+/// What the last handler call cost, and what stopped it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CallStats {
+    /// Wall-clock time of the guest call (from entering the VM to leaving it).
+    pub wall_clock: Duration,
+    /// CPU time the vCPU thread used over the call (host functions run on
+    /// helper threads and are not counted).
+    pub cpu_time: Duration,
+    /// The monitor or kill that stopped the call; `None` if it ran to its end.
+    pub terminated_by: Option<CancelReason>,
+}
+
 /// A sandbox whose handlers are compiled, ready to process events.
 ///
 /// Calls block the calling thread while the guest runs (the vCPU runs on it).
@@ -105,6 +117,8 @@ pub struct LoadedJSSandbox {
     /// A user-mode run was abandoned by a fault: the JS heap may be
     /// inconsistent, so calls are refused until a restore.
     faulted: bool,
+    /// Boxed: keeps `TransitionError<LoadedJSSandbox>` small.
+    last_call_stats: Option<Box<CallStats>>,
 }
 
 impl std::fmt::Debug for LoadedJSSandbox {
@@ -130,6 +144,7 @@ impl LoadedJSSandbox {
             interrupt,
             reseed: true,
             faulted: false,
+            last_call_stats: None,
         }
     }
 
@@ -175,6 +190,7 @@ impl LoadedJSSandbox {
         event: &str,
         options: &CallOptions,
     ) -> Result<String> {
+        self.last_call_stats = None;
         check_key(key)?;
         let limits = Limits::validated(options.wall_clock_timeout, options.cpu_timeout)?;
         if self.poisoned() {
@@ -193,8 +209,23 @@ impl LoadedJSSandbox {
         serde_json::from_str::<IgnoredAny>(event).map_err(|e| Error::InvalidJson(e.to_string()))?;
 
         let seed = if self.reseed { fresh_seed() } else { 0 };
+        let cpu_clock = ThreadCpuClock::current().map_err(|e| {
+            Error::Internal(format!("cannot read the vCPU thread's CPU clock: {e}"))
+        })?;
+        let token = self.interrupt.token();
+        token.begin();
+        let config = &self.shared.config;
+        let scope = host_functions::CallScope::enter(
+            token.clone(),
+            config.console_max_bytes,
+            config.console_max_lines,
+        );
+        // Read before the monitors start, so the stats never show less than
+        // the CPU monitor counted.
+        let wall_start = Instant::now();
+        let cpu_start = cpu_clock.now().unwrap_or_default();
         // Fail closed: no monitor, no run.
-        let mut guard = Monitors::start(limits, self.interrupt.vm())?;
+        let mut guard = Monitors::start(limits, self.interrupt.vm(), token)?;
         let result: std::result::Result<String, HyperlightError> = self.sandbox.call(
             guest_fn::CALL_HANDLER,
             (
@@ -207,8 +238,19 @@ impl LoadedJSSandbox {
                 crate::clock::tsc_hz(),
             ),
         );
+        let wall_clock = wall_start.elapsed();
+        let cpu_time = cpu_clock
+            .now()
+            .map_or(Duration::ZERO, |t| t.saturating_sub(cpu_start));
         let fired = guard.as_mut().and_then(|g| g.finish());
         drop(guard);
+        drop(scope);
+        let cancelled = matches!(result, Err(HyperlightError::ExecutionCanceledByHost()));
+        self.last_call_stats = Some(Box::new(CallStats {
+            wall_clock,
+            cpu_time,
+            terminated_by: cancelled.then(|| fired.unwrap_or(CancelReason::Killed)),
+        }));
         match result {
             Ok(frame) => {
                 self.reseed = false;
@@ -278,6 +320,14 @@ impl LoadedJSSandbox {
                 Err(TransitionError { error, state: self })
             }
         }
+    }
+
+    /// What the last `call_handler` cost and what stopped it: set after every
+    /// call that entered the VM, whether it returned, threw or was stopped;
+    /// `None` before the first call and after one refused before entering
+    /// the VM (bad argument, poisoned, unknown handler, input too large).
+    pub fn last_call_stats(&self) -> Option<CallStats> {
+        self.last_call_stats.as_deref().copied()
     }
 
     /// A handle that kills the running call from any thread.

@@ -10,12 +10,14 @@
 //! Fail closed: if the watchdog thread or the vCPU thread's CPU clock cannot
 //! be obtained, [`Monitors::start`] fails and the handler does not run.
 
+mod cancel;
 mod cpu_clock;
 mod watchdog;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use cancel::CancelToken;
 pub use cpu_clock::ThreadCpuClock;
 use hyperlight_host::hypervisor::InterruptHandle as HlInterruptHandle;
 pub(crate) use watchdog::WatchGuard;
@@ -72,6 +74,7 @@ impl Monitors {
     pub(crate) fn start(
         limits: Limits,
         vm: Arc<dyn HlInterruptHandle>,
+        token: CancelToken,
     ) -> Result<Option<WatchGuard>> {
         if limits.is_empty() {
             return Ok(None);
@@ -91,6 +94,6 @@ impl Monitors {
         let wall = limits.wall.map(|limit| (Instant::now() + limit, limit));
         let watchdog = watchdog::Watchdog::global()
             .map_err(|e| Error::Internal(format!("cannot start the execution monitor: {e}")))?;
-        Ok(Some(watchdog.watch(vm, wall, cpu)))
+        Ok(Some(watchdog.watch(vm, token, wall, cpu)))
     }
 }

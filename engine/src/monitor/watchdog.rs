@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use hyperlight_host::hypervisor::InterruptHandle as HlInterruptHandle;
 
-use super::ThreadCpuClock;
+use super::{CancelToken, ThreadCpuClock};
 use crate::error::CancelReason;
 
 /// Longest sleep between CPU-clock checks; bounds how late a CPU limit fires
@@ -17,6 +17,7 @@ const CPU_POLL_MIN: Duration = Duration::from_micros(500);
 
 struct Entry {
     vm: Arc<dyn HlInterruptHandle>,
+    token: CancelToken,
     wall: Option<(Instant, Duration)>,
     cpu: Option<(ThreadCpuClock, Duration, Duration)>,
     fired: Option<CancelReason>,
@@ -62,6 +63,7 @@ impl Watchdog {
     pub(crate) fn watch(
         &'static self,
         vm: Arc<dyn HlInterruptHandle>,
+        token: CancelToken,
         wall: Option<(Instant, Duration)>,
         cpu: Option<(ThreadCpuClock, Duration, Duration)>,
     ) -> WatchGuard {
@@ -70,6 +72,7 @@ impl Watchdog {
             id,
             Entry {
                 vm,
+                token,
                 wall,
                 cpu,
                 fired: None,
@@ -115,7 +118,11 @@ impl Watchdog {
                 if let Some(reason) = reason {
                     tracing::debug!(%reason, "execution monitor fired");
                     entry.fired = Some(reason);
+                    // Kill first: while the guest waits in a host function
+                    // it only marks the next entry cancelled (no blocking);
+                    // then the token ends that wait.
                     entry.vm.kill();
+                    entry.token.cancel();
                 }
             }
             state = match sleep {
