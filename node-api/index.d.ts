@@ -91,6 +91,15 @@ export declare class SandboxBuilder {
    */
   setStackSize(bytes: number): this;
   /**
+   * Sets Hyperlight's scratch region in bytes: all memory the guest may write
+   * between snapshots (copies of written heap pages, the stack, the transport
+   * buffers). Values below what the other sizes need are raised to that.
+   * Upstream hyperlight-js's name; see the README for how it differs from
+   * `setStackSize`. Chainable.
+   * @throws `ERR_INVALID_ARG` unless a positive integer; `ERR_CONSUMED` after `build()`.
+   */
+  setScratchSize(bytes: number): this;
+  /**
    * Sets the input buffer size in bytes: the largest event, as JSON, a call accepts. Chainable.
    * @throws `ERR_INVALID_ARG` unless a positive integer; `ERR_CONSUMED` after `build()`.
    */
@@ -109,6 +118,16 @@ export declare class SandboxBuilder {
   build(): Promise<ProtoJSSandbox>;
 }
 
+/** What the last `callHandler()` cost and what stopped it. */
+export interface CallStats {
+  /** Wall-clock time of the call inside the VM, in milliseconds. */
+  wallClockMs: number;
+  /** CPU time of the sandbox's vCPU thread over the call, in milliseconds (host functions not counted). */
+  cpuTimeMs: number;
+  /** The limit or kill that stopped the call; `null` if it ran to its end (returned or threw). */
+  terminatedBy: 'cpu' | 'wall' | 'kill' | null;
+}
+
 /** A proto sandbox ready to load the JavaScript runtime. */
 export declare class ProtoJSSandbox {
   private constructor();
@@ -118,6 +137,11 @@ export declare class ProtoJSSandbox {
    * @throws `ERR_CONSUMED` after `loadRuntime()`; `ERR_INVALID_ARG` if `name` is not a string.
    */
   hostModule(name: string): HostModule;
+  /**
+   * Upstream hyperlight-js's form of `hostModule(moduleName).register(functionName, callback)`.
+   * @throws `ERR_INVALID_ARG` at once for an empty or non-string name; `ERR_CONSUMED` after `loadRuntime()`.
+   */
+  register(moduleName: string, functionName: string, callback: HostFunction): this;
   /**
    * Loads the JavaScript runtime into the sandbox. Consumes this object:
    * a second call rejects with `ERR_CONSUMED`.
@@ -165,8 +189,24 @@ export declare class JSSandbox {
   removeHandler(name: string): boolean;
   /** Removes every handler. Synchronous. */
   clearHandlers(): void;
+  /**
+   * Adds (or replaces) an embedded ES module. Synchronous; compiled by
+   * `getLoadedSandbox()`, where a module that fails to parse or to resolve
+   * rejects with `ERR_COMPILE` naming it. Handlers and other modules import
+   * it as `"<namespace>:<name>"` (`namespace` defaults to `user`; a bare
+   * `"name"` reaches a `user` module); host functions are `"host:<module>"`.
+   * @throws `ERR_INVALID_ARG` for an empty name or namespace, one with `:`,
+   * or the reserved namespaces `host` and `handler`.
+   */
+  addModule(name: string, source: string, namespace?: string): void;
+  /** Removes a module added by `addModule`; returns whether there was one. */
+  removeModule(name: string, namespace?: string): boolean;
+  /** Removes every module. Synchronous. */
+  clearModules(): void;
   /** The routing keys added so far. */
   readonly handlerNames: string[];
+  /** Always `false`: a `JSSandbox` runs no calls (upstream's API). */
+  readonly poisoned: boolean;
   /**
    * Compiles the handlers in the sandbox. On success this object is consumed
    * (`ERR_CONSUMED` afterwards). If a handler does not compile, rejects with
@@ -243,6 +283,12 @@ export declare class LoadedJSSandbox {
   readonly interruptHandle: InterruptHandle;
   /** Whether the sandbox is poisoned (inconsistent) after a kill, timeout or guest abort. */
   readonly poisoned: boolean;
+  /**
+   * What the last `callHandler()` cost and what stopped it, also after one that
+   * threw or was stopped; `null` before the first call and after one refused
+   * before it entered the VM (bad argument, poisoned, unknown handler).
+   */
+  readonly lastCallStats: CallStats | null;
 }
 
 /** Handle for interrupting/killing handler execution. */

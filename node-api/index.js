@@ -155,12 +155,29 @@ function checkSnapshot(snapshot) {
   if (!(snapshot instanceof Snapshot)) throw invalidArg('expected a Snapshot from snapshot()');
 }
 
-for (const setter of ['setHeapSize', 'setStackSize', 'setInputBufferSize', 'setOutputBufferSize']) {
+for (const setter of ['setHeapSize', 'setStackSize', 'setScratchSize', 'setInputBufferSize', 'setOutputBufferSize']) {
   wrapSync(SandboxBuilder, setter);
 }
 wrapAsync(SandboxBuilder.prototype, 'build');
 
-wrapSync(ProtoJSSandbox, 'hostModule', (name) => checkName('the host module name', name));
+function checkNonEmptyName(what, value) {
+  checkName(what, value);
+  if (value.length === 0) throw invalidArg(`${what} must not be empty`);
+}
+
+wrapSync(ProtoJSSandbox, 'hostModule', (name) => checkNonEmptyName('the host module name', name));
+/**
+ * Upstream hyperlight-js's form: `proto.register(moduleName, functionName,
+ * callback)` is `proto.hostModule(moduleName).register(functionName, callback)`.
+ */
+Object.defineProperty(ProtoJSSandbox.prototype, 'register', {
+  value: function register(moduleName, functionName, callback) {
+    this.hostModule(moduleName).register(functionName, callback);
+    return this;
+  },
+  writable: true,
+  configurable: true,
+});
 wrapAsync(ProtoJSSandbox.prototype, 'loadRuntime');
 
 wrapSync(JSSandbox, 'addHandler', (name, code) => {
@@ -169,12 +186,34 @@ wrapSync(JSSandbox, 'addHandler', (name, code) => {
 });
 wrapSync(JSSandbox, 'removeHandler', (name) => checkName('the handler name', name));
 wrapSync(JSSandbox, 'clearHandlers');
+wrapSync(JSSandbox, 'addModule', (name, source, namespace) => {
+  checkName('the module name', name);
+  checkName('the module source', source);
+  if (namespace !== undefined && namespace !== null) checkName('the module namespace', namespace);
+});
+wrapSync(JSSandbox, 'removeModule', (name, namespace) => {
+  checkName('the module name', name);
+  if (namespace !== undefined && namespace !== null) checkName('the module namespace', namespace);
+});
+wrapSync(JSSandbox, 'clearModules');
 wrapAsync(JSSandbox.prototype, 'getLoadedSandbox');
 
 wrapAsync(LoadedJSSandbox.prototype, 'callHandlerJson', (name, json) => {
   checkName('the handler name', name);
   checkName('the event JSON', json);
 });
+// `null`, not a missing field, when no limit stopped the call.
+{
+  const native = Object.getOwnPropertyDescriptor(LoadedJSSandbox.prototype, 'lastCallStats');
+  Object.defineProperty(LoadedJSSandbox.prototype, 'lastCallStats', {
+    get() {
+      const s = native.get.call(this);
+      if (s === null || s === undefined) return null;
+      return { wallClockMs: s.wallClockMs, cpuTimeMs: s.cpuTimeMs, terminatedBy: s.terminatedBy ?? null };
+    },
+    configurable: true,
+  });
+}
 wrapAsync(LoadedJSSandbox.prototype, 'unload');
 wrapAsync(LoadedJSSandbox.prototype, 'snapshot');
 wrapAsync(LoadedJSSandbox.prototype, 'restore', checkSnapshot);
@@ -257,7 +296,7 @@ function settleValue(id, value) {
  */
 Object.defineProperty(HostModule.prototype, 'register', {
   value: function register(fnName, callback) {
-    checkName('the function name', fnName);
+    checkNonEmptyName('the function name', fnName);
     if (typeof callback !== 'function') throw invalidArg('the host function callback must be a function');
     const dispatch = (id, argsJson) => {
       let out;

@@ -59,7 +59,9 @@ impl JSSandbox {
     }
 
     /// Adds (or replaces) the handler for `key`. The code must define
-    /// `function handler(event)`; it is compiled by `get_loaded_sandbox`.
+    /// `function handler(event)`; code with `import`/`export` is an ES
+    /// module, where `handler` may also be exported or the default export.
+    /// It is compiled by `get_loaded_sandbox`.
     pub fn add_handler(&mut self, key: &str, code: &str) -> Result<()> {
         check_key(key)?;
         self.handlers.insert(key.to_string(), code.to_string());

@@ -54,6 +54,42 @@ impl JSSandbox {
         self.with(|js| js.add_handler(&name, &code))
     }
 
+    /// Adds (or replaces) an embedded ES module that handlers and other
+    /// modules import as `"<namespace>:<name>"` (`namespace` defaults to
+    /// `user`; `"name"` alone also reaches a `user` module). Synchronous;
+    /// compiled by `getLoadedSandbox()`.
+    #[napi]
+    pub fn add_module(
+        &self,
+        name: String,
+        source: String,
+        namespace: Option<String>,
+    ) -> napi::Result<(), String> {
+        self.with(|js| match namespace.as_deref() {
+            Some(ns) => js.add_module_in(ns, &name, &source),
+            None => js.add_module(&name, &source),
+        })
+    }
+
+    /// Removes a module added by `addModule`; returns whether there was one.
+    #[napi]
+    pub fn remove_module(
+        &self,
+        name: String,
+        namespace: Option<String>,
+    ) -> napi::Result<bool, String> {
+        self.with(|js| js.remove_module(&name, namespace.as_deref()))
+    }
+
+    /// Removes every module.
+    #[napi]
+    pub fn clear_modules(&self) -> napi::Result<(), String> {
+        self.with(|js| {
+            js.clear_modules();
+            Ok(())
+        })
+    }
+
     /// Removes the handler for routing key `name`; returns whether there was one.
     #[napi]
     pub fn remove_handler(&self, name: String) -> napi::Result<bool, String> {
@@ -67,6 +103,14 @@ impl JSSandbox {
             js.clear_handlers();
             Ok(())
         })
+    }
+
+    /// Whether the sandbox is poisoned (upstream's API). A `JSSandbox` runs no
+    /// handler calls, and every transition that could poison it hands back a
+    /// usable state, so this is always `false`.
+    #[napi(getter)]
+    pub fn poisoned(&self) -> bool {
+        false
     }
 
     /// The routing keys added so far.
