@@ -70,6 +70,19 @@ impl SandboxBuilder {
         Ok(this)
     }
 
+    /// Sets Hyperlight's scratch region in bytes (> 0): all memory the guest
+    /// may write between snapshots (written heap pages, stack, transport
+    /// buffers); raised to what the other sizes need. Chainable.
+    #[napi]
+    pub fn set_scratch_size<'env>(
+        &mut self,
+        this: This<'env>,
+        bytes: Unknown<'env>,
+    ) -> napi::Result<This<'env>, String> {
+        self.set("scratch size", &bytes, engine::SandboxBuilder::scratch_size)?;
+        Ok(this)
+    }
+
     /// Sets the input buffer size in bytes (> 0); chainable.
     #[napi]
     pub fn set_input_buffer_size<'env>(

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{RecvTimeoutError, SyncSender, sync_channel};
 use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hyperlight_js_engine as engine;
 use napi::bindgen_prelude::{FnArgs, Function};
@@ -47,22 +47,15 @@ fn take_waiter(id: u32) -> Option<Waiter> {
 }
 
 thread_local! {
-    /// The lane this thread runs (0 on other threads).
+    /// The lane this thread runs (0 on other threads, including the engine's
+    /// host-call threads: a stop reaches a waiting host call through the
+    /// engine itself, so lane tracking only serves `abandon_lane`).
     static LANE: Cell<u64> = const { Cell::new(0) };
-    /// When the running call's wall-clock limit (plus slack) is over: a host
-    /// call still waiting then is abandoned, so a hung callback cannot hold
-    /// the sandbox past its timeout.
-    static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
 }
 
 /// Marks the current thread as running lane `id`.
 pub(crate) fn enter_lane(id: u64) {
     LANE.with(|l| l.set(id));
-}
-
-/// Sets (or clears) the wall-clock deadline of the call about to run on this thread.
-pub(crate) fn set_call_deadline(deadline: Option<Instant>) {
-    DEADLINE.with(|d| d.set(deadline));
 }
 
 /// Fails every host call waiting on lane `lane` (after a kill): the sandbox
@@ -136,24 +129,17 @@ impl HostModule {
                 let (tx, rx) = sync_channel::<Reply>(1);
                 let id = next_id();
                 let lane = LANE.with(Cell::get);
-                let deadline = DEADLINE.with(Cell::get);
                 pending().lock().unwrap_or_else(|p| p.into_inner()).insert(id, Waiter { lane, tx });
                 let status = tsfn.call(FnArgs::from((id, args.to_string())), ThreadsafeFunctionCallMode::NonBlocking);
                 if status != napi::Status::Ok {
                     take_waiter(id);
                     return Err(format!("host function {label} is unavailable ({status})"));
                 }
+                // A stop (monitor or kill) ends the engine's wait for this
+                // function at once; this thread then waits on until the
+                // callback settles, and its reply is dropped.
                 let reply = loop {
-                    let mut wait = Duration::from_millis(250);
-                    if let Some(deadline) = deadline {
-                        let left = deadline.saturating_duration_since(Instant::now());
-                        if left.is_zero() {
-                            take_waiter(id);
-                            break Err(format!("host function {label} was abandoned: the call's wall-clock timeout passed"));
-                        }
-                        wait = wait.min(left);
-                    }
-                    match rx.recv_timeout(wait) {
+                    match rx.recv_timeout(Duration::from_millis(250)) {
                         Ok(reply) => break reply,
                         Err(RecvTimeoutError::Timeout) if !tsfn.aborted() => continue,
                         Err(_) => {

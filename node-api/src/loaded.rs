@@ -1,8 +1,8 @@
 //! `LoadedJSSandbox`: call handlers, snapshot, restore, unload, interrupt.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use hyperlight_js_engine as engine;
 use napi::Env;
@@ -29,6 +29,20 @@ pub struct LoadedJSSandbox {
     poisoned: Arc<AtomicBool>,
     /// Set as soon as `unload()` is called, so later calls fail at once.
     unloaded: Arc<AtomicBool>,
+    /// The engine's `last_call_stats()` after the last operation.
+    stats: Arc<Mutex<Option<engine::CallStats>>>,
+}
+
+/// What the last `callHandler()` cost (`lastCallStats`).
+#[napi(object)]
+pub struct CallStats {
+    /// Wall-clock time of the call inside the VM, in milliseconds.
+    pub wall_clock_ms: f64,
+    /// CPU time of the sandbox's vCPU thread over the call, in milliseconds.
+    pub cpu_time_ms: f64,
+    /// What stopped the call: `'cpu'`, `'wall'` or `'kill'`; `null` if it ran to its end.
+    #[napi(ts_type = "'cpu' | 'wall' | 'kill' | null")]
+    pub terminated_by: Option<String>,
 }
 
 impl LoadedJSSandbox {
@@ -38,6 +52,7 @@ impl LoadedJSSandbox {
             interrupt: loaded.interrupt_handle(),
             poisoned: Arc::new(AtomicBool::new(loaded.poisoned())),
             unloaded: Arc::new(AtomicBool::new(false)),
+            stats: Arc::new(Mutex::new(loaded.last_call_stats())),
             slot: Slot::new(loaded),
         }
     }
@@ -56,6 +71,7 @@ impl LoadedJSSandbox {
         }
         let slot = self.slot.clone();
         let poisoned = self.poisoned.clone();
+        let stats = self.stats.clone();
         self.lane.promise(
             env,
             move || {
@@ -65,6 +81,7 @@ impl LoadedJSSandbox {
                     .ok_or_else(|| Failure::consumed("LoadedJSSandbox"))?;
                 let out = f(loaded);
                 poisoned.store(loaded.poisoned(), Ordering::SeqCst);
+                *stats.lock().unwrap_or_else(|p| p.into_inner()) = loaded.last_call_stats();
                 out.map_err(Failure::from)
             },
             to_js,
@@ -77,11 +94,6 @@ impl Drop for LoadedJSSandbox {
         self.slot.release_on(&self.lane);
     }
 }
-
-/// How long after a call's wall-clock limit a host call it waits on is
-/// abandoned: by then the engine's monitor has asked for the kill, so the
-/// guest is stopped as soon as the host function returns.
-const HOST_DEADLINE_SLACK: Duration = Duration::from_millis(100);
 
 /// A timeout in milliseconds from JavaScript: absent, or a positive finite
 /// number (zero is passed on for the engine to reject with its message).
@@ -121,17 +133,11 @@ impl LoadedJSSandbox {
             Ok(o) => o,
             Err(f) => return rejected(env, f),
         };
-        // Host calls still waiting this long after the wall-clock limit are
-        // abandoned (the engine's kill only lands once a host function returns).
-        let host_deadline = options.wall_clock_timeout.map(|d| d + HOST_DEADLINE_SLACK);
+        // A stop reaches a call waiting in a host function through the
+        // engine, so no deadline of our own is needed here.
         self.run(
             env,
-            move |loaded| {
-                crate::host::set_call_deadline(host_deadline.map(|d| Instant::now() + d));
-                let out = loaded.call_handler_json(&name, &event_json, &options);
-                crate::host::set_call_deadline(None);
-                out
-            },
+            move |loaded| loaded.call_handler_json(&name, &event_json, &options),
             |_env, json| Ok(json),
         )
     }
@@ -197,6 +203,26 @@ impl LoadedJSSandbox {
     #[napi(getter)]
     pub fn poisoned(&self) -> bool {
         self.poisoned.load(Ordering::SeqCst)
+    }
+
+    /// What the last `callHandler()` cost and what stopped it (also after one
+    /// that threw or was stopped); `null` before the first call and after one
+    /// refused before it entered the VM. Upstream hyperlight-js's API.
+    #[napi(getter)]
+    pub fn last_call_stats(&self) -> Option<CallStats> {
+        let stats = (*self.stats.lock().unwrap_or_else(|p| p.into_inner()))?;
+        Some(CallStats {
+            wall_clock_ms: stats.wall_clock.as_secs_f64() * 1000.0,
+            cpu_time_ms: stats.cpu_time.as_secs_f64() * 1000.0,
+            terminated_by: stats.terminated_by.map(|r| {
+                match r {
+                    engine::CancelReason::CpuTime(_) => "cpu",
+                    engine::CancelReason::WallClock(_) => "wall",
+                    engine::CancelReason::Killed => "kill",
+                }
+                .to_string()
+            }),
+        })
     }
 
     /// A new, independent sandbox in the state `snapshot` captured (same

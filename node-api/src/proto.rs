@@ -43,6 +43,9 @@ impl ProtoJSSandbox {
         if self.slot.lock().is_none() {
             return Err(Failure::consumed("ProtoJSSandbox").into());
         }
+        if name.is_empty() {
+            return Err(Failure::invalid_arg("the host module name must not be empty").into());
+        }
         Ok(HostModule::new(name, self.slot.clone()))
     }
 
