@@ -169,7 +169,12 @@ pub enum LogFormat {
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerConfig {
     /// `amqp://` or `amqps://` URL; `AMQP_URL` wins. None: stdin mode.
+    /// After loading, the first of [`urls`](Self::urls).
     pub url: Option<SecretUrl>,
+    /// Every node of a cluster: the worker connects to the first that
+    /// answers and, when a connection is lost, to the next. `AMQP_URL` may
+    /// list several, comma-separated. After loading: `url` (if given), then these.
+    pub urls: Vec<SecretUrl>,
     /// Exchange the events are published to; each handler's queue is bound to it with its key.
     pub events_exchange: String,
     /// Exchange outcomes go to when a message has no `reply_to`.
@@ -197,6 +202,7 @@ impl Default for BrokerConfig {
     fn default() -> Self {
         Self {
             url: None,
+            urls: Vec::new(),
             events_exchange: "hyperlight.events".into(),
             results_exchange: "hyperlight.results".into(),
             dead_letter_exchange: "hyperlight.dead-letter".into(),
@@ -211,6 +217,22 @@ impl Default for BrokerConfig {
 }
 
 impl BrokerConfig {
+    /// Replaces the broker URLs with those of `list` (comma-separated, as in `AMQP_URL`).
+    pub fn set_urls(&mut self, list: &str) {
+        self.urls = list
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(SecretUrl::new)
+            .collect();
+        self.url = self.urls.first().cloned();
+    }
+
+    /// The broker URLs in the order they are tried (empty: no broker).
+    pub fn endpoints(&self) -> &[SecretUrl] {
+        &self.urls
+    }
+
     /// The dead-letter queue's name.
     pub fn dead_letter_queue(&self) -> &str {
         self.dead_letter_queue
@@ -537,14 +559,22 @@ fn validate(
         message,
     };
     let mut broker = raw.broker;
-    if let Some(url) = amqp_url {
-        broker.url = Some(SecretUrl::new(url));
+    match amqp_url {
+        Some(list) => broker.set_urls(&list),
+        None => {
+            let listed: Vec<SecretUrl> = broker
+                .url
+                .take()
+                .into_iter()
+                .chain(broker.urls.drain(..))
+                .collect();
+            let joined: Vec<&str> = listed.iter().map(SecretUrl::expose).collect();
+            broker.set_urls(&joined.join(","));
+        }
     }
-    if let Some(url) = &broker.url {
-        let u = url.expose().trim();
-        if u.is_empty() {
-            broker.url = None;
-        } else if !(u.starts_with("amqp://") || u.starts_with("amqps://")) {
+    for url in &broker.urls {
+        let u = url.expose();
+        if !(u.starts_with("amqp://") || u.starts_with("amqps://")) {
             return Err(invalid(format!(
                 "[broker] url must start with amqp:// or amqps:// (got {})",
                 url.redacted()
@@ -880,6 +910,24 @@ cpu_timeout_ms = 100
                 "{m}"
             );
         }
+    }
+
+    #[test]
+    fn several_broker_urls_from_the_file_or_a_comma_separated_amqp_url() {
+        let toml = GOOD.replace(
+            "[broker]",
+            "[broker]\nurl = \"amqp://a/%2f\"\nurls = [\"amqp://b/%2f\", \"amqps://c/%2f\"]",
+        );
+        let c = load(&toml, &[]).unwrap();
+        let urls: Vec<&str> = c.broker.endpoints().iter().map(SecretUrl::expose).collect();
+        assert_eq!(urls, ["amqp://a/%2f", "amqp://b/%2f", "amqps://c/%2f"]);
+        assert_eq!(c.broker.url.as_ref().unwrap().expose(), "amqp://a/%2f");
+        let c = load(&toml, &[("AMQP_URL", " amqp://x:1/%2f, ,amqp://y:2/%2f ")]).unwrap();
+        let urls: Vec<&str> = c.broker.endpoints().iter().map(SecretUrl::expose).collect();
+        assert_eq!(urls, ["amqp://x:1/%2f", "amqp://y:2/%2f"], "AMQP_URL wins");
+        let e = load(&toml, &[("AMQP_URL", "amqp://x/%2f,http://y")]).unwrap_err();
+        assert_eq!(e.code(), "ERR_CONFIG_INVALID");
+        assert!(!load(GOOD, &[("AMQP_URL", " ")]).unwrap().has_broker());
     }
 
     #[test]

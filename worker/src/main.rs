@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use hyperlight_js_worker::amqp::client::{self, PublishRequest};
 use hyperlight_js_worker::amqp::replay::{self, ReplayRequest};
-use hyperlight_js_worker::config::{BrokerConfig, SecretUrl, WorkerConfig};
+use hyperlight_js_worker::config::{BrokerConfig, WorkerConfig};
 use hyperlight_js_worker::run::{Mode, Worker, shutdown_on_signals};
 use hyperlight_js_worker::{WorkerError, telemetry};
 
@@ -51,6 +51,8 @@ enum Command {
         #[arg(long = "header", value_name = "NAME=VALUE")]
         headers: Vec<String>,
     },
+    /// Load the configuration as the worker does and compile every handler, without a broker; exit 2 on any error.
+    CheckConfig,
     /// Move dead letters back to their key's queue, attempts reset; prints a JSON summary.
     Replay {
         /// Only the dead letters of this routing key.
@@ -95,6 +97,7 @@ fn main() -> ExitCode {
             Some(Command::Replay { key, limit }) => {
                 replay(cli.config, ReplayRequest { key, limit }).await
             }
+            Some(Command::CheckConfig) => check_config(cli.config).await,
             None => serve(cli.config, cli.stdin, cli.input).await,
         }
     });
@@ -127,6 +130,23 @@ async fn serve(config: Option<PathBuf>, stdin: bool, input: Option<PathBuf>) -> 
     }
 }
 
+async fn check_config(config: Option<PathBuf>) -> ExitCode {
+    let Some(path) = config else {
+        eprintln!("error[ERR_INVALID_ARG]: --config PATH (or HLJS_CONFIG) is required");
+        return ExitCode::from(2);
+    };
+    match hyperlight_js_worker::check::check_config(&path).await {
+        Ok(summary) => {
+            println!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error[{}]: {e}", e.code());
+            ExitCode::from(2)
+        }
+    }
+}
+
 /// The broker settings of `config` (or the defaults), with `AMQP_URL` applied.
 fn broker_settings(config: Option<&PathBuf>) -> Result<BrokerConfig, WorkerError> {
     let mut broker = match config {
@@ -136,9 +156,9 @@ fn broker_settings(config: Option<&PathBuf>) -> Result<BrokerConfig, WorkerError
     if let Ok(url) = std::env::var("AMQP_URL")
         && !url.trim().is_empty()
     {
-        broker.url = Some(SecretUrl::new(url));
+        broker.set_urls(&url);
     }
-    if broker.url.is_none() {
+    if broker.endpoints().is_empty() {
         return Err(WorkerError::InvalidArgument(
             "no broker: set AMQP_URL (or [broker] url in the --config file)".into(),
         ));

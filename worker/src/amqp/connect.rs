@@ -2,18 +2,30 @@
 //! backend, certificates verified against the system roots plus an optional
 //! CA file). The URL is never logged or put in an error unredacted.
 
-use hyperlight_js_config::BrokerConfig;
+use hyperlight_js_config::{BrokerConfig, SecretUrl};
 use lapin::tcp::OwnedTLSConfig;
 use lapin::{Connection, ConnectionProperties};
 
 use crate::error::WorkerError;
 
-/// Connects to the broker named by `broker.url`.
+/// Connects to the first of the broker's URLs that answers.
 pub async fn connect(broker: &BrokerConfig, name: &str) -> Result<Connection, WorkerError> {
-    let url = broker
-        .url
-        .as_ref()
-        .ok_or_else(|| WorkerError::Broker("no broker URL is configured".into()))?;
+    let mut last = WorkerError::Broker("no broker URL is configured".into());
+    for url in broker.endpoints() {
+        match connect_to(broker, url, name).await {
+            Ok(c) => return Ok(c),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// Connects to `url` with the TLS settings of `broker`.
+pub async fn connect_to(
+    broker: &BrokerConfig,
+    url: &SecretUrl,
+    name: &str,
+) -> Result<Connection, WorkerError> {
     let tls = match &broker.tls_ca_file {
         Some(path) => OwnedTLSConfig {
             identity: None,

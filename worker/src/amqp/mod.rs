@@ -46,21 +46,30 @@ pub async fn run(
         Duration::from_millis(config.broker.reconnect_max_ms),
     );
     let drain = Duration::from_secs(config.shutdown.drain_timeout_secs);
-    let url = config
-        .broker
-        .url
-        .as_ref()
-        .map(|u| u.redacted())
-        .unwrap_or_default();
+    let endpoints = config.broker.endpoints();
+    // The URL to try next: after a failure or a lost connection, the next
+    // node's; a full round of failures waits for the backoff.
+    let mut next = 0usize;
+    let mut failed_in_round = 0usize;
     let mut sessions = 0u64;
     while !shutdown.is_cancelled() {
+        let Some(url) = endpoints.get(next % endpoints.len().max(1)) else {
+            return Err(WorkerError::Broker("no broker URL is configured".into()));
+        };
         let connection = tokio::select! {
             _ = shutdown.cancelled() => break,
-            c = connect::connect(&config.broker, "hyperlight-js-worker") => c,
+            c = connect::connect_to(&config.broker, url, "hyperlight-js-worker") => c,
         };
         let connection = match connection {
             Ok(c) => c,
             Err(e) => {
+                next += 1;
+                failed_in_round += 1;
+                if failed_in_round < endpoints.len() {
+                    warn!(code = e.code(), error = %e, "broker unavailable; trying the next URL");
+                    continue;
+                }
+                failed_in_round = 0;
                 let delay = backoff.next_delay();
                 warn!(code = e.code(), error = %e, retry_in_ms = delay.as_millis() as u64, "broker unavailable");
                 sleep_or_shutdown(delay, &shutdown).await;
@@ -72,6 +81,7 @@ pub async fn run(
         {
             Ok(s) => s,
             Err(e) => {
+                next += 1;
                 let delay = backoff.next_delay();
                 warn!(code = e.code(), error = %e, retry_in_ms = delay.as_millis() as u64, "broker session setup failed");
                 close(&connection).await;
@@ -80,13 +90,14 @@ pub async fn run(
             }
         };
         backoff.reset();
+        failed_in_round = 0;
         if sessions > 0 {
             metrics.reconnects.inc();
         }
         sessions += 1;
         health.set_broker_connected(true);
         metrics.broker_connected.set(1);
-        info!(broker = %url, keys = ?processor.keys().collect::<Vec<_>>(), "connected; consuming");
+        info!(broker = %url.redacted(), keys = ?processor.keys().collect::<Vec<_>>(), "connected; consuming");
 
         let end = session.wait(&connection, &shutdown).await;
         health.set_broker_connected(false);
@@ -101,10 +112,18 @@ pub async fn run(
                 return Ok(());
             }
             SessionEnd::Lost(reason) => {
-                warn!(reason = %reason, "broker connection lost; reconnecting");
                 session.close().await;
                 close(&connection).await;
-                sleep_or_shutdown(backoff.next_delay(), &shutdown).await;
+                if endpoints.len() > 1 {
+                    // Another node may serve at once; the backoff starts if none does.
+                    next += 1;
+                    warn!(reason = %reason, "broker connection lost; connecting to the next URL");
+                    let pause = Duration::from_millis(config.broker.reconnect_initial_ms);
+                    sleep_or_shutdown(pause, &shutdown).await;
+                } else {
+                    warn!(reason = %reason, "broker connection lost; reconnecting");
+                    sleep_or_shutdown(backoff.next_delay(), &shutdown).await;
+                }
             }
         }
     }
