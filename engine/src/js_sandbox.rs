@@ -20,6 +20,13 @@ pub struct JSSandbox {
     /// Boxed: hyperlight's sandbox is ~2 KB and every transition moves it.
     sandbox: Box<Sandbox>,
     shared: Arc<Shared>,
+    /// Boxed: keeps `TransitionError<JSSandbox>` small.
+    code: Box<Code>,
+}
+
+/// What `get_loaded_sandbox` compiles.
+#[derive(Default)]
+struct Code {
     handlers: BTreeMap<String, String>,
     /// Embedded ES modules by canonical name (`namespace:name`).
     modules: BTreeMap<String, String>,
@@ -28,8 +35,8 @@ pub struct JSSandbox {
 impl std::fmt::Debug for JSSandbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JSSandbox")
-            .field("handlers", &self.handlers.keys())
-            .field("modules", &self.modules.keys())
+            .field("handlers", &self.code.handlers.keys())
+            .field("modules", &self.code.modules.keys())
             .finish_non_exhaustive()
     }
 }
@@ -53,8 +60,7 @@ impl JSSandbox {
         Self {
             sandbox,
             shared,
-            handlers: BTreeMap::new(),
-            modules: BTreeMap::new(),
+            code: Box::default(),
         }
     }
 
@@ -64,24 +70,24 @@ impl JSSandbox {
     /// It is compiled by `get_loaded_sandbox`.
     pub fn add_handler(&mut self, key: &str, code: &str) -> Result<()> {
         check_key(key)?;
-        self.handlers.insert(key.to_string(), code.to_string());
+        self.code.handlers.insert(key.to_string(), code.to_string());
         Ok(())
     }
 
     /// Removes the handler for `key`; returns whether there was one.
     pub fn remove_handler(&mut self, key: &str) -> Result<bool> {
         check_key(key)?;
-        Ok(self.handlers.remove(key).is_some())
+        Ok(self.code.handlers.remove(key).is_some())
     }
 
     /// Removes every handler.
     pub fn clear_handlers(&mut self) {
-        self.handlers.clear();
+        self.code.handlers.clear();
     }
 
     /// The routing keys added so far.
     pub fn handler_keys(&self) -> impl Iterator<Item = &str> {
-        self.handlers.keys().map(String::as_str)
+        self.code.handlers.keys().map(String::as_str)
     }
 
     /// Adds (or replaces) the embedded ES module `name`, which handlers and
@@ -96,7 +102,7 @@ impl JSSandbox {
     /// `"namespace:name"`. The namespaces `host` and `handler` are reserved.
     pub fn add_module_in(&mut self, namespace: &str, name: &str, source: &str) -> Result<()> {
         let canonical = module_name(namespace, name)?;
-        self.modules.insert(canonical, source.to_string());
+        self.code.modules.insert(canonical, source.to_string());
         Ok(())
     }
 
@@ -104,22 +110,22 @@ impl JSSandbox {
     /// whether there was one.
     pub fn remove_module(&mut self, name: &str, namespace: Option<&str>) -> Result<bool> {
         let canonical = module_name(namespace.unwrap_or(DEFAULT_NAMESPACE), name)?;
-        Ok(self.modules.remove(&canonical).is_some())
+        Ok(self.code.modules.remove(&canonical).is_some())
     }
 
     /// Removes every module.
     pub fn clear_modules(&mut self) {
-        self.modules.clear();
+        self.code.modules.clear();
     }
 
     /// The modules added so far, as `namespace:name`.
     pub fn module_names(&self) -> impl Iterator<Item = &str> {
-        self.modules.keys().map(String::as_str)
+        self.code.modules.keys().map(String::as_str)
     }
 
     /// Compiles every handler in the VM. A handler that does not compile is
     /// named in an `ERR_COMPILE` error, and this sandbox comes back unchanged.
-    #[instrument(name = "sandbox.get_loaded", skip_all, fields(handlers = self.handlers.len()), err(Display))]
+    #[instrument(name = "sandbox.get_loaded", skip_all, fields(handlers = self.code.handlers.len()), err(Display))]
     pub fn get_loaded_sandbox(mut self) -> Result<LoadedJSSandbox, TransitionError<JSSandbox>> {
         if let Err(error) = self.compile_all() {
             // Drop whatever was compiled before the failure.
@@ -131,27 +137,27 @@ impl JSSandbox {
                 }),
             };
         }
-        let keys = self.handlers.into_keys().collect();
+        let keys = self.code.handlers.into_keys().collect();
         Ok(LoadedJSSandbox::new(self.sandbox, self.shared, keys))
     }
 
     fn compile_all(&mut self) -> Result<()> {
         // All sources first, so that modules may import each other in any order.
-        for (name, source) in &self.modules {
+        for (name, source) in &self.code.modules {
             let frame: String = self
                 .sandbox
                 .call(guest_fn::ADD_MODULE, (name.clone(), source.clone()))
                 .map_err(error_map::from_hyperlight)?;
             error_map::reply(name, frame)?;
         }
-        for name in self.modules.keys() {
+        for name in self.code.modules.keys() {
             let frame: String = self
                 .sandbox
                 .call(guest_fn::LOAD_MODULE, (name.clone(),))
                 .map_err(error_map::from_hyperlight)?;
             error_map::reply(name, frame)?;
         }
-        for (key, code) in &self.handlers {
+        for (key, code) in &self.code.handlers {
             let frame: String = self
                 .sandbox
                 .call(guest_fn::REGISTER_HANDLER, (key.clone(), code.clone()))

@@ -116,6 +116,13 @@ fn module_handlers_reach_host_and_embedded_modules_and_survive_restore() {
     );
 }
 
+/// Modules (name, source), the handler's code, words the message must contain.
+type Case = (
+    &'static [(&'static str, &'static str)],
+    &'static str,
+    &'static [&'static str],
+);
+
 #[test]
 fn modules_that_do_not_load_are_err_compile_naming_them() {
     let mut js = runtime();
@@ -130,8 +137,7 @@ fn modules_that_do_not_load_are_err_compile_naming_them() {
         assert_eq!(err.code(), ErrorCode::InvalidArg, "{namespace}:{name}");
     }
     let ok = "export function handler() { return 'ok'; }";
-    // (modules, handler, words the message must contain)
-    let cases: [(&[(&str, &str)], &str, &[&str]); 6] = [
+    let cases: [Case; 6] = [
         (
             &[("broken", "export const = 1;")],
             ok,
