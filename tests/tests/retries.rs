@@ -3,7 +3,6 @@
 //! dead letters that say why, and `replay`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use hyperlight_js_e2e::*;
