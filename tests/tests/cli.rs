@@ -211,3 +211,131 @@ fn broker_urls_are_redacted_in_errors() {
     );
     assert!(!stderr.contains("s3cr3t"), "{stderr}");
 }
+
+/// `check-config` with `args` (and `env`), no broker: exit code, stdout, stderr.
+fn check_config(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(worker_bin());
+    cmd.args(args)
+        .env_remove("AMQP_URL")
+        .env_remove("HLJS_CONFIG")
+        .env("RUST_LOG", "warn");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_config_passes_a_good_config_with_a_one_line_summary() {
+    let dir = temp_dir("it-check-ok");
+    let (config, _) = write_config(
+        &dir,
+        "",
+        &[
+            HandlerSpec::new("greet", example("handlers/greet.js")),
+            HandlerSpec::new("calculator", example("handlers/calculator.js")).pool(2),
+        ],
+    );
+    let path = config.to_str().unwrap();
+    let (code, stdout, stderr) = check_config(&["check-config", "--config", path], &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(
+        stdout.contains("ok")
+            && stdout.contains("2 handler(s)")
+            && stdout.contains("greet, calculator")
+            && stdout.contains("3 sandbox(es)")
+            && stdout.contains("worker.toml"),
+        "{stdout}"
+    );
+    // HLJS_CONFIG instead of --config, and the broker URL printed redacted.
+    let (code, stdout, stderr) = check_config(
+        &["check-config"],
+        &[
+            ("HLJS_CONFIG", path),
+            ("AMQP_URL", "amqp://user:s3cret@127.0.0.1:1/%2f"),
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("amqp://***@127.0.0.1:1/%2f"), "{stdout}");
+    assert!(!stdout.contains("s3cret") && !stderr.contains("s3cret"));
+}
+
+#[test]
+fn check_config_refuses_an_unknown_key_with_exit_2() {
+    let dir = temp_dir("it-check-key");
+    let (config, _) = write_config(
+        &dir,
+        "bogus_key = 1",
+        &[HandlerSpec::new("greet", example("handlers/greet.js"))],
+    );
+    let (code, stdout, stderr) =
+        check_config(&["check-config", "--config", config.to_str().unwrap()], &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(
+        stderr.starts_with("error[ERR_CONFIG_PARSE]: ") && stderr.contains("bogus_key"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_config_applies_environment_overrides_as_the_worker_does() {
+    let dir = temp_dir("it-check-env");
+    let (config, _) = write_config(
+        &dir,
+        "",
+        &[HandlerSpec::new("greet", example("handlers/greet.js"))],
+    );
+    let (code, _, stderr) = check_config(
+        &["check-config", "--config", config.to_str().unwrap()],
+        &[("HLJS__BROKER__PREFETCH_PER_SANDBOX", "0")],
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.starts_with("error[ERR_CONFIG_INVALID]: ")
+            && stderr.contains("prefetch_per_sandbox"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = check_config(
+        &["check-config", "--config", config.to_str().unwrap()],
+        &[("AMQP_URL", "http://not-amqp")],
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.starts_with("error[ERR_CONFIG_INVALID]: "),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_config_compiles_every_handler_and_names_the_one_that_fails() {
+    let dir = temp_dir("it-check-compile");
+    let (config, _) = write_config(
+        &dir,
+        "",
+        &[
+            HandlerSpec::new("greet", example("handlers/greet.js")),
+            HandlerSpec::new("broken", test_handler("broken.js")),
+        ],
+    );
+    let (code, stdout, stderr) =
+        check_config(&["check-config", "--config", config.to_str().unwrap()], &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(
+        stderr.starts_with("error[ERR_COMPILE]: ")
+            && stderr.contains("'broken'")
+            && stderr.contains("broken.js"),
+        "{stderr}"
+    );
+    // Without --config (or HLJS_CONFIG) it is exit 2 as well.
+    let (code, _, stderr) = check_config(&["check-config"], &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("ERR_INVALID_ARG"), "{stderr}");
+}

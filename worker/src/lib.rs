@@ -10,6 +10,7 @@
 #![deny(missing_docs)]
 
 pub mod amqp;
+pub mod check;
 pub mod codes;
 pub mod error;
 pub mod health;
