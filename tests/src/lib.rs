@@ -671,6 +671,7 @@ fn received(props: &BasicProperties, data: &[u8]) -> Received {
                 AMQPValue::LongInt(n) => n.to_string(),
                 AMQPValue::ShortInt(n) => n.to_string(),
                 AMQPValue::LongUInt(n) => n.to_string(),
+                AMQPValue::Double(n) => n.to_string(),
                 other => format!("{other:?}"),
             };
             headers.insert(k.as_str().to_string(), text);

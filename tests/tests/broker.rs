@@ -261,6 +261,36 @@ async fn every_error_code_arrives_as_a_published_outcome() {
             );
         }
     }
+    // Call statistics: a call that reached a sandbox carries its CPU and wall time; only a
+    // stopped one says what stopped it; an event refused before the sandbox has neither.
+    let ms = |r: &Received, h: &str| -> f64 {
+        r.headers
+            .get(h)
+            .unwrap_or_else(|| panic!("{h} missing: {r:?}"))
+            .parse()
+            .unwrap()
+    };
+    let cpu_stop = &by_id["timeout"];
+    assert_eq!(cpu_stop.headers["x-hljs-terminated-by"], "cpu");
+    assert!(ms(cpu_stop, "x-hljs-cpu-ms") >= 200.0, "{cpu_stop:?}");
+    let wall_stop = &by_id["wall-timeout"];
+    assert_eq!(wall_stop.headers["x-hljs-terminated-by"], "wall");
+    assert!(ms(wall_stop, "x-hljs-wall-ms") >= 300.0, "{wall_stop:?}");
+    for id in ["ok-after", "threw", "stack"] {
+        let r = &by_id[id];
+        let (cpu, wall) = (ms(r, "x-hljs-cpu-ms"), ms(r, "x-hljs-wall-ms"));
+        assert!(
+            cpu >= 0.0 && wall > 0.0 && cpu <= wall + 5.0,
+            "{id}: cpu {cpu} wall {wall}"
+        );
+        assert!(
+            !r.headers.contains_key("x-hljs-terminated-by"),
+            "{id}: {r:?}"
+        );
+    }
+    for id in ["invalid-json", "too-large", "bad-limit"] {
+        assert!(!by_id[id].headers.contains_key("x-hljs-cpu-ms"), "{id}");
+    }
     assert_eq!(
         client.queue_len("errors").await,
         0,

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use hyperlight_js_config::HandlerConfig;
-use hyperlight_js_engine::{CallOptions, LoadedJSSandbox, SandboxBuilder, Snapshot};
+use hyperlight_js_engine::{CallOptions, CallStats, LoadedJSSandbox, SandboxBuilder, Snapshot};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{Instrument, info, info_span, warn};
 
@@ -44,6 +44,8 @@ pub struct CallResult {
     pub result: Result<String, hyperlight_js_engine::Error>,
     /// Time inside the sandbox call.
     pub call_seconds: f64,
+    /// The engine's statistics of the call, when it entered the VM.
+    pub stats: Option<CallStats>,
 }
 
 impl Pool {
@@ -148,6 +150,7 @@ impl Pool {
                         self.key
                     ))),
                     call_seconds: 0.0,
+                    stats: None,
                 };
             }
         };
@@ -160,12 +163,14 @@ impl Pool {
                 let started = Instant::now();
                 let result = sandbox.call_handler_json(&pool.key, &event, &options);
                 let call_seconds = started.elapsed().as_secs_f64();
+                let stats = sandbox.last_call_stats();
                 let sandbox = pool.restore(sandbox);
                 (
                     sandbox,
                     CallResult {
                         result,
                         call_seconds,
+                        stats,
                     },
                 )
             })
@@ -194,6 +199,7 @@ impl Pool {
                         "the sandbox call panicked: {e}"
                     ))),
                     call_seconds: 0.0,
+                    stats: None,
                 }
             }
         }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyperlight_js_config::{ConfigError, HandlerConfig, RetryPolicy, TimeLimits, WorkerConfig};
-use hyperlight_js_engine::CallOptions;
+use hyperlight_js_engine::{CallOptions, CallStats};
 use serde::de::IgnoredAny;
 use tracing::{debug, info};
 
@@ -235,6 +235,12 @@ impl Processor {
 
     /// Processes one message. Never fails: every failure is an [`Outcome::Failure`].
     pub async fn process(&self, request: Request) -> Outcome {
+        self.process_with_stats(request).await.0
+    }
+
+    /// Like [`process`](Self::process), with the engine's statistics of the
+    /// call when the event reached a sandbox.
+    pub async fn process_with_stats(&self, request: Request) -> (Outcome, Option<CallStats>) {
         let Request {
             key,
             body,
@@ -242,35 +248,47 @@ impl Processor {
             context,
         } = request;
         let Some(handler) = self.handlers.get(&key) else {
-            return Outcome::Failure(Failure::new(
-                ERR_UNKNOWN_HANDLER,
-                format!("no handler is configured for '{key}'"),
-            ));
+            return (
+                Outcome::Failure(Failure::new(
+                    ERR_UNKNOWN_HANDLER,
+                    format!("no handler is configured for '{key}'"),
+                )),
+                None,
+            );
         };
         if body.len() as u64 > handler.max_message_bytes {
-            return Outcome::Failure(Failure::new(
-                ERR_MESSAGE_TOO_LARGE,
-                format!(
-                    "the message is {} bytes, over the limit of {} bytes",
-                    body.len(),
-                    handler.max_message_bytes
-                ),
-            ));
+            return (
+                Outcome::Failure(Failure::new(
+                    ERR_MESSAGE_TOO_LARGE,
+                    format!(
+                        "the message is {} bytes, over the limit of {} bytes",
+                        body.len(),
+                        handler.max_message_bytes
+                    ),
+                )),
+                None,
+            );
         }
         let event = match String::from_utf8(body) {
             Ok(s) => s,
             Err(e) => {
-                return Outcome::Failure(Failure::new(
-                    ERR_INVALID_JSON,
-                    format!("the message is not UTF-8: {e}"),
-                ));
+                return (
+                    Outcome::Failure(Failure::new(
+                        ERR_INVALID_JSON,
+                        format!("the message is not UTF-8: {e}"),
+                    )),
+                    None,
+                );
             }
         };
         if let Err(e) = serde_json::from_str::<IgnoredAny>(&event) {
-            return Outcome::Failure(Failure::new(
-                ERR_INVALID_JSON,
-                format!("the message is not valid JSON: {e}"),
-            ));
+            return (
+                Outcome::Failure(Failure::new(
+                    ERR_INVALID_JSON,
+                    format!("the message is not valid JSON: {e}"),
+                )),
+                None,
+            );
         }
         let (cpu, wall) = limits.resolve(&handler.limits);
         // No garbage collection after the call: the restore that follows discards the heap anyway.
@@ -286,7 +304,7 @@ impl Processor {
             .handler_seconds
             .with_label_values(&[key.as_str()])
             .observe(call.call_seconds);
-        match call.result {
+        let outcome = match call.result {
             Ok(json) => Outcome::Success(json),
             Err(e) => {
                 debug!(key = %key, code = %e.code(), error = %e, "handler failed");
@@ -296,7 +314,8 @@ impl Processor {
                 }
                 Outcome::Failure(failure)
             }
-        }
+        };
+        (outcome, call.stats)
     }
 }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hyperlight_js_config::RetryPolicy;
+use hyperlight_js_engine::CallStats;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicRejectOptions};
 use lapin::{Acker, BasicProperties};
@@ -107,13 +108,14 @@ impl InFlight<'_> {
                 },
                 ..*self
             };
-            this.give_up(&outcome).await;
+            this.give_up(&outcome, None).await;
             return;
         }
-        let outcome = self.process().await;
+        let (outcome, stats) = self.process().await;
+        let stats = stats.as_ref();
         Span::current().record("outcome", outcome.label());
         match retry::decide(&outcome, attempt, max, policy) {
-            Decision::Finish => self.finish(&outcome, attempt >= max).await,
+            Decision::Finish => self.finish(&outcome, stats, attempt >= max).await,
             Decision::Requeue => {
                 // The worker's environment failed, not the message: let another attempt have it.
                 warn!(
@@ -128,15 +130,15 @@ impl InFlight<'_> {
                 }
                 self.retry_after(&outcome, delay).await;
             }
-            Decision::GiveUp => self.give_up(&outcome).await,
+            Decision::GiveUp => self.give_up(&outcome, stats).await,
         }
     }
 
     /// Runs the handler with `ctx = {key, messageId, attempt, headers}`.
-    async fn process(&self) -> Outcome {
+    async fn process(&self) -> (Outcome, Option<CallStats>) {
         let limits = match headers::requested_limits(self.properties) {
             Ok(limits) => limits,
-            Err(failure) => return Outcome::Failure(failure),
+            Err(failure) => return (Outcome::Failure(failure), None),
         };
         let context = serde_json::json!({
             "key": self.at.key,
@@ -146,7 +148,7 @@ impl InFlight<'_> {
         });
         self.ctx
             .processor
-            .process(Request {
+            .process_with_stats(Request {
                 key: self.at.key.to_string(),
                 body: self.data.to_vec(),
                 limits,
@@ -157,12 +159,12 @@ impl InFlight<'_> {
 
     /// Publishes the final outcome, then acks. An outcome the broker does
     /// not confirm hands the message back, or on the last attempt dead-letters it.
-    async fn finish(&self, outcome: &Outcome, last: bool) {
+    async fn finish(&self, outcome: &Outcome, stats: Option<&CallStats>, last: bool) {
         let cx = Span::current().context();
         match self
             .ctx
             .publisher
-            .publish(self.at, self.properties, outcome, &cx)
+            .publish(self.at, self.properties, outcome, stats, &cx)
             .await
         {
             Ok(()) => self.ack(outcome).await,
@@ -226,12 +228,12 @@ impl InFlight<'_> {
     }
 
     /// The attempts ran out: publish the error outcome, then dead-letter.
-    async fn give_up(&self, outcome: &Outcome) {
+    async fn give_up(&self, outcome: &Outcome, stats: Option<&CallStats>) {
         let cx = Span::current().context();
         if let Err(e) = self
             .ctx
             .publisher
-            .publish(self.at, self.properties, outcome, &cx)
+            .publish(self.at, self.properties, outcome, stats, &cx)
             .await
         {
             // The dead letter still carries the code; losing the outcome must not lose the message.

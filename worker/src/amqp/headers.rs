@@ -23,6 +23,12 @@ pub const ERROR_MESSAGE_HEADER: &str = "x-hljs-error-message";
 pub const ATTEMPTS_HEADER: &str = "x-hljs-attempts";
 /// Outcome header: which attempt (from 1) produced the outcome.
 pub const ATTEMPT_HEADER: &str = "x-hljs-attempt";
+/// Outcome header: CPU time of the handler call in milliseconds (a double).
+pub const CPU_MS_HEADER: &str = "x-hljs-cpu-ms";
+/// Outcome header: wall-clock time of the handler call in milliseconds (a double).
+pub const WALL_MS_HEADER: &str = "x-hljs-wall-ms";
+/// Outcome header, only when a limit or a kill stopped the call: `cpu`, `wall` or `kill`.
+pub const TERMINATED_BY_HEADER: &str = "x-hljs-terminated-by";
 /// Quorum queues count earlier failed deliveries of a message in this header
 /// (every return on 3.x; on 4.x returns by `basic.reject` and closed channels, not `basic.nack`).
 pub const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
@@ -36,6 +42,9 @@ const BOOKKEEPING: &[&str] = &[
     ACQUIRED_COUNT_HEADER,
     ATTEMPTS_HEADER,
     ATTEMPT_HEADER,
+    CPU_MS_HEADER,
+    WALL_MS_HEADER,
+    TERMINATED_BY_HEADER,
     ERROR_CODE_HEADER,
     ERROR_MESSAGE_HEADER,
     KEY_HEADER,

@@ -9,9 +9,12 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use tracing::{Instrument, info_span};
 
+use hyperlight_js_engine::{CallStats, CancelReason};
+
 use super::headers::{
-    ATTEMPT_HEADER, ATTEMPTS_HEADER, ERROR_CODE_HEADER, ERROR_MESSAGE_HEADER, HeaderInjector,
-    KEY_HEADER, OUTCOME_HEADER, text_value, without_bookkeeping,
+    ATTEMPT_HEADER, ATTEMPTS_HEADER, CPU_MS_HEADER, ERROR_CODE_HEADER, ERROR_MESSAGE_HEADER,
+    HeaderInjector, KEY_HEADER, OUTCOME_HEADER, TERMINATED_BY_HEADER, WALL_MS_HEADER, text_value,
+    without_bookkeeping,
 };
 use crate::codes::WorkerCode;
 use crate::error::WorkerError;
@@ -112,10 +115,24 @@ impl Publisher {
         at: Attempt<'_>,
         incoming: &BasicProperties,
         outcome: &Outcome,
+        stats: Option<&CallStats>,
         cx: &opentelemetry::Context,
     ) -> Result<(), PublishError> {
         let dest = self.destination(at.key, incoming);
         let mut headers = FieldTable::default();
+        if let Some(stats) = stats {
+            let ms = |d: std::time::Duration| AMQPValue::Double(d.as_secs_f64() * 1000.0);
+            headers.insert(CPU_MS_HEADER.into(), ms(stats.cpu_time));
+            headers.insert(WALL_MS_HEADER.into(), ms(stats.wall_clock));
+            if let Some(reason) = stats.terminated_by {
+                let by = match reason {
+                    CancelReason::CpuTime(_) => "cpu",
+                    CancelReason::WallClock(_) => "wall",
+                    CancelReason::Killed => "kill",
+                };
+                headers.insert(TERMINATED_BY_HEADER.into(), text_value(by));
+            }
+        }
         headers.insert(KEY_HEADER.into(), text_value(at.key));
         headers.insert(
             ATTEMPT_HEADER.into(),
