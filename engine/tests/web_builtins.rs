@@ -232,7 +232,14 @@ const TIMERS: &str = r#"async function handler() {
 }"#;
 
 const SYNC_TIMER: &str = "let fired = 0;
-function handler(e) { if (e.check) return fired; setTimeout(() => { fired += 1; }, 0); return 'scheduled'; }";
+function handler(e) {
+  if (e.check) return fired;
+  // An async call runs due timers: one left by an earlier call must not be among them.
+  if (e.checkAsync) return new Promise((r) => setTimeout(() => r(fired), 5));
+  setTimeout(() => { fired += 1; }, 0);
+  if (e.throw) throw new Error('after scheduling');
+  return 'scheduled';
+}";
 
 /// A snapshot with the handlers above, built once per test binary.
 fn base() -> &'static Snapshot {
@@ -653,6 +660,17 @@ fn timers_run_in_due_order_on_virtual_time_within_the_call() {
     assert_eq!(call(&mut sb, "sync_timer", json!({})), json!("scheduled"));
     assert_eq!(
         call(&mut sb, "sync_timer", json!({"check": true})),
+        json!(0)
+    );
+    // Nor do the timers of a handler that threw after setting them.
+    let threw = sb.call_handler(
+        "sync_timer",
+        &json!({"throw": true}),
+        &CallOptions::default(),
+    );
+    assert_eq!(threw.unwrap_err().code(), "ERR_HANDLER_THREW");
+    assert_eq!(
+        call(&mut sb, "sync_timer", json!({"checkAsync": true})),
         json!(0)
     );
 }

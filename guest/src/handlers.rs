@@ -230,6 +230,7 @@ pub fn call(key: &str, event: &str, context: &str, gc: bool) -> Result<String, F
             )
         })?;
         let result = ctx.with(|ctx| {
+            crate::web::timers::drop_pending(&ctx);
             let f: Function<'_> = handler.restore(&ctx).map_err(|e| failure_from(&ctx, e))?;
             let event: Value<'_> = if event.contains(BYTES_TAG) {
                 let parse: Function<'_> = ctx

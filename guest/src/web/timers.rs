@@ -84,6 +84,12 @@ pub fn natives<'js>(ctx: &Ctx<'js>) -> rquickjs::Result<Object<'js>> {
     Ok(o)
 }
 
+/// Drops every timer an earlier call left queued (its handler threw before
+/// a promise could settle), so that no callback crosses into this call.
+pub fn drop_pending(ctx: &Ctx<'_>) {
+    run_next(ctx, &Value::new_undefined(ctx.clone()));
+}
+
 /// Runs the next due timer while `value` (the handler's result) is a pending
 /// promise; returns whether one ran. Otherwise drops every queued timer.
 /// Called by the handler's settle loop whenever no job is pending.
