@@ -14,7 +14,8 @@
 #   5. kubernetes-validate --strict, Kubernetes 1.25 (the chart's floor) and 1.35, on the
 #      rendered manifests (custom resources are shape-checked by the tests instead).
 #   6. hadolint on the Dockerfile.
-#   7. pytest charts/tests.
+#   7. pytest charts/tests, among them test_check_config.py: it builds the worker binary (cargo)
+#      and runs `hyperlight-js-worker check-config` on the worker.toml of every render above.
 #
 # Usage: bash charts/ci-check.sh
 # Environment: HLJS_CHART_TOOLS (tool cache, default ~/.cache/hyperlight-js-charts),

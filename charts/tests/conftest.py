@@ -126,6 +126,15 @@ def render_fails(helm, *values_files, values=None, sets=None, set_strings=None):
     return str(err.value)
 
 
+def lint_fails(helm, *values_files, values=None, sets=None, set_strings=None):
+    """helm lint --strict expecting failure; returns Helm's output."""
+    cmd = [helm, "lint", "--strict", str(CHART)]
+    cmd += _args(values_files, sets, set_strings, values)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode != 0, f"helm lint passed: {proc.stdout}"
+    return proc.stdout + proc.stderr
+
+
 def notes(*values_files, sets=None):
     """NOTES.txt as `helm install --dry-run=client` prints it (Helm 4 needs no cluster for it)."""
     helm = os.environ.get("HLJS_HELM4")

@@ -5,7 +5,7 @@ import tomllib
 
 import pytest
 
-from conftest import RELEASE, notes, render, render_fails
+from conftest import RELEASE, lint_fails, notes, render, render_fails
 
 CONFIG_DIR = "/etc/hyperlight-js-worker"
 DEFAULT_NAME = f"{RELEASE}-hyperlight-js-worker"
@@ -119,21 +119,105 @@ def test_handler_file_defaults_to_key_dot_js(helm):
 
 def test_toml_strings_are_escaped(helm):
     tricky = 'he said "hi"\\ \u00e9 # not a comment\n\ttab <&>'
-    m = render(helm, values={"config": {"broker": {"events_exchange": tricky},
-                                        "extra": {"odd key": "v", "list": ["a", 1, True]}}})
+    handlers = [{"key": "greet", "source": "function handler(e) { return e; }",
+                 "retry_on": ["ERR_CANCELLED", "ERR_HEAP_EXHAUSTED"]}]
+    m = render(helm, values={"config": {"telemetry": {"service_name": tricky}},
+                             "handlers": handlers})
     cfg = worker_toml(m)
-    assert cfg["broker"]["events_exchange"] == tricky
-    assert cfg["extra"] == {"odd key": "v", "list": ["a", 1, True]}
+    assert cfg["telemetry"]["service_name"] == tricky
+    assert cfg["handlers"][0]["retry_on"] == ["ERR_CANCELLED", "ERR_HEAP_EXHAUSTED"]
 
 
-def test_unknown_config_keys_pass_through_and_null_keys_are_left_out(helm):
-    m = render(helm, values={"config": {"broker": {"prefetch": 16},
-                                        "telemetry": {"log_format": None},
-                                        "tracing": {"sample_ratio": 0.25, "sampler": {"kind": "ratio"}}}})
+def test_null_config_keys_are_left_out(helm):
+    m = render(helm, values={"config": {"telemetry": {"log_format": None},
+                                        "broker": {"max_deliveries": None}}})
     cfg = worker_toml(m)
-    assert cfg["broker"]["prefetch"] == 16
     assert "log_format" not in cfg["telemetry"]
-    assert cfg["tracing"] == {"sample_ratio": 0.25, "sampler": {"kind": "ratio"}}
+    assert "max_deliveries" not in cfg["broker"]
+
+
+def test_every_worker_key_is_accepted(helm):
+    # Every key of config/src/lib.rs's sections (deny_unknown_fields there), each in range.
+    config = {
+        "broker": {"events_exchange": "ev", "results_exchange": "res",
+                   "dead_letter_exchange": "dlx", "dead_letter_queue": "dlq",
+                   "max_deliveries": 4, "prefetch_per_sandbox": 100, "tls_ca_file": "ca.pem",
+                   "reconnect_initial_ms": 100, "reconnect_max_ms": 5000},
+        "telemetry": {"log_format": "human", "otlp_endpoint": "http://otel:4317",
+                      "service_name": "svc"},
+        "shutdown": {"drain_timeout_secs": 30},
+    }
+    handler = {"key": "greet", "file": "g.js", "source": "function handler(e) { return e; }",
+               "pool_size": 256, "heap_size": 8388608, "stack_size": 1048576,
+               "cpu_timeout_ms": 1, "max_cpu_timeout_ms": 3600000, "wall_timeout_ms": 1,
+               "max_wall_timeout_ms": 3600000, "max_message_bytes": 1, "max_result_bytes": 1,
+               "max_deliveries": 1, "retry_on": ["ERR_CANCELLED"], "retry_delay_ms": 0,
+               "retry_backoff": 100, "retry_max_delay_ms": 86400000}
+    cfg = worker_toml(render(helm, values={"config": config, "handlers": [handler]}))
+    assert cfg["broker"] == config["broker"]
+    assert cfg["telemetry"] == config["telemetry"]
+    assert cfg["handlers"] == [{k: v for k, v in handler.items() if k != "source"}]
+
+
+# Keys the worker refuses (ERR_CONFIG_PARSE: every section of config/src/lib.rs is
+# deny_unknown_fields), so the schema refuses them too, in helm template and in helm lint.
+UNKNOWN_KEYS = [
+    {"config.broker.bogus_key": "1"},
+    {"config.telemetry.sample_ratio": "0.5"},
+    {"config.shutdown.grace": "1"},
+    {"config.tracing.enabled": "true"},
+    {"config.http.listen": "0.0.0.0:1"},
+    {"config.broker.urls": "{amqp://u:p@h/}"},
+    {"handlers[0].pool_sise": "2"},
+]
+
+
+@pytest.mark.parametrize("sets", UNKNOWN_KEYS, ids=[next(iter(s)) for s in UNKNOWN_KEYS])
+def test_config_keys_the_worker_refuses_are_refused(helm, sets):
+    key = next(iter(sets)).rsplit(".", 1)[-1]
+    err = render_fails(helm, sets=sets)
+    assert key in err or "not" in err, err
+    err = lint_fails(helm, sets=sets)
+    assert key in err or "not" in err, err
+
+
+# Values out of the ranges the worker checks when it loads its configuration.
+OUT_OF_RANGE = [
+    {"handlers[0].pool_size": "0"},
+    {"handlers[0].pool_size": "257"},
+    {"handlers[0].max_deliveries": "0"},
+    {"handlers[0].retry_backoff": "0.5"},
+    {"handlers[0].retry_backoff": "101"},
+    {"handlers[0].retry_max_delay_ms": "86400001"},
+    {"handlers[0].cpu_timeout_ms": "0"},
+    {"handlers[0].max_wall_timeout_ms": "3600001"},
+    {"handlers[0].heap_size": "0"},
+    {"config.broker.max_deliveries": "0"},
+    {"config.broker.prefetch_per_sandbox": "0"},
+    {"config.broker.prefetch_per_sandbox": "101"},
+    {"config.broker.reconnect_initial_ms": "0"},
+    {"config.telemetry.log_format": "xml"},
+]
+
+
+@pytest.mark.parametrize("sets", OUT_OF_RANGE,
+                         ids=[f"{k}={v}" for s in OUT_OF_RANGE for k, v in s.items()])
+def test_values_out_of_the_workers_ranges_are_refused(helm, sets):
+    (key, _), = sets.items()
+    field = key.rsplit(".", 1)[-1]
+    assert field in render_fails(helm, sets=sets)
+    assert field in lint_fails(helm, sets=sets)
+
+
+@pytest.mark.parametrize("values", [
+    {"handlers": [{"key": "amq.greet", "source": "function handler(e) {}"}]},
+    {"handlers": [{"key": "a" * 201, "source": "function handler(e) {}"}]},
+    {"handlers": [{"key": "bad\nkey", "source": "function handler(e) {}"}]},
+    {"handlers": [{"key": "greet", "source": "function handler(e) {}", "retry_on": ["cancelled"]}]},
+    {"config": {"broker": {"events_exchange": "amq.direct"}}},
+])
+def test_names_and_codes_the_worker_refuses_are_refused(helm, values):
+    render_fails(helm, values=values)
 
 
 def test_config_change_rolls_the_pods(helm):
@@ -465,6 +549,128 @@ def test_scaled_object_shape(helm):
     ref = m.env("AMQP_URL")["valueFrom"]["secretKeyRef"]
     assert auth["spec"]["secretTargetRef"] == [
         {"parameter": "host", "name": secret["metadata"]["name"], "key": ref["key"]}]
+
+
+# KEDA's rabbitmq scaler, as documented at https://keda.sh/docs/2.16/scalers/rabbitmq-queue/
+# ("Parameter list" and "Authentication Parameters"): the trigger metadata names it knows, the
+# values it allows, and what it says of them.
+KEDA_RABBITMQ_METADATA = {
+    "host", "protocol", "mode", "value", "activationValue", "queueName", "vhostName",
+    "queueLength", "useRegex", "pageSize", "operation", "timeout", "excludeUnacknowledged",
+    "unsafeSsl", "hostFromEnv", "usernameFromEnv", "passwordFromEnv",
+}
+KEDA_RABBITMQ_AUTH_PARAMETERS = {
+    "host", "username", "password", "tls", "ca", "cert", "key", "workloadIdentityResource",
+}
+KEDA_PROTOCOLS = {"auto", "http", "amqp"}
+KEDA_MODES = {"QueueLength", "MessageRate"}
+KEDA_BOOLEANS = {"true", "false"}
+
+
+def assert_keda_accepts(m):
+    """Every rabbitmq trigger of the ScaledObject as KEDA's rabbitmq scaler documents it."""
+    so = m.one("ScaledObject")
+    auths = {a["metadata"]["name"]: a for a in m.all("TriggerAuthentication")}
+    for t in so["spec"]["triggers"]:
+        assert t["type"] == "rabbitmq"
+        md = t["metadata"]
+        assert set(md) <= KEDA_RABBITMQ_METADATA, set(md) - KEDA_RABBITMQ_METADATA
+        # KEDA's trigger metadata is a map of strings.
+        assert all(isinstance(v, str) for v in md.values()), md
+        assert md["protocol"] in KEDA_PROTOCOLS
+        assert md["mode"] in KEDA_MODES
+        float(md["value"])
+        if "activationValue" in md:
+            float(md["activationValue"])
+        # "mode: MessageRate requires protocol http".
+        if md["mode"] == "MessageRate":
+            assert md["protocol"] == "http"
+        # excludeUnacknowledged: "Only applies to hosts that use the http protocol".
+        if "excludeUnacknowledged" in md:
+            assert md["protocol"] == "http" and md["excludeUnacknowledged"] in KEDA_BOOLEANS
+        assert "host" not in md  # credentials only through the TriggerAuthentication
+        auth = auths[t["authenticationRef"]["name"]]
+        refs = auth["spec"]["secretTargetRef"]
+        assert {r["parameter"] for r in refs} <= KEDA_RABBITMQ_AUTH_PARAMETERS
+    return so
+
+
+def test_keda_amqp_triggers_count_ready_messages_with_the_worker_secret(helm):
+    m = render(helm, "values-all-on.yaml")
+    so = assert_keda_accepts(m)
+    for t in so["spec"]["triggers"]:
+        assert t["metadata"]["protocol"] == "amqp"
+        assert "excludeUnacknowledged" not in t["metadata"]
+    (auth,) = m.all("TriggerAuthentication")
+    assert auth["spec"]["secretTargetRef"][0]["name"] == m.one("Secret")["metadata"]["name"]
+
+
+def test_keda_http_triggers_read_the_management_api_with_their_own_secret(helm):
+    m = render(helm, "values-keda-http.yaml")
+    so = assert_keda_accepts(m)
+    (auth,) = m.all("TriggerAuthentication")
+    assert auth["metadata"]["name"] == f"{DEFAULT_NAME}-rabbitmq-management"
+    assert auth["spec"]["secretTargetRef"] == [
+        {"parameter": "host", "name": "rabbitmq-management", "key": "url"}]
+    # Not the worker's AMQP Secret.
+    assert m.env("AMQP_URL")["valueFrom"]["secretKeyRef"]["name"] == "rabbitmq-worker"
+    assert m.maybe("Secret") is None
+    assert [t["metadata"]["queueName"] for t in so["spec"]["triggers"]] == ["greet", "jobs.resize"]
+    for t in so["spec"]["triggers"]:
+        md = t["metadata"]
+        assert md["protocol"] == "http" and md["mode"] == "QueueLength"
+        assert (md["value"], md["activationValue"], md["vhostName"]) == ("10", "1", "/")
+        # KEDA's default for http, written out: unacknowledged messages count, so replicas
+        # busy with prefetched messages are not scaled down.
+        assert md["excludeUnacknowledged"] == "false"
+        assert t["authenticationRef"] == {"name": auth["metadata"]["name"]}
+    m = render(helm, "values-keda-http.yaml", sets={"keda.excludeUnacknowledged": "true"})
+    assert all(t["metadata"]["excludeUnacknowledged"] == "true"
+               for t in assert_keda_accepts(m)["spec"]["triggers"])
+
+
+def test_keda_management_url_becomes_its_own_secret(helm):
+    url = "https://keda:p%40ss@rabbitmq.messaging.svc:15671/%2f"
+    m = render(helm, "values-all-on.yaml",
+               sets={"keda.protocol": "http", "keda.mode": "MessageRate",
+                     "keda.value": "2.5", "keda.management.url": url})
+    so = assert_keda_accepts(m)
+    assert {t["metadata"]["mode"] for t in so["spec"]["triggers"]} == {"MessageRate"}
+    secrets = {s["metadata"]["name"]: s for s in m.all("Secret")}
+    name = "hljs-all-on-rabbitmq-management"
+    assert base64.b64decode(secrets[name]["data"]["host"]).decode() == url
+    (auth,) = m.all("TriggerAuthentication")
+    assert auth["spec"]["secretTargetRef"] == [{"parameter": "host", "name": name, "key": "host"}]
+    # The worker keeps its own AMQP Secret; the management URL never reaches the ConfigMap.
+    assert m.env("AMQP_URL")["valueFrom"]["secretKeyRef"]["name"] == "hljs-all-on-amqp"
+    assert all("p%40ss" not in v for v in m.one("ConfigMap")["data"].values())
+
+
+@pytest.mark.parametrize(
+    "sets, message",
+    [
+        # KEDA: "mode: MessageRate requires protocol http".
+        ({"keda.enabled": "true", "keda.mode": "MessageRate"}, "protocol"),
+        ({"keda.enabled": "true", "keda.protocol": "amqp", "keda.mode": "MessageRate"},
+         "protocol"),
+        # excludeUnacknowledged only applies to http.
+        ({"keda.enabled": "true", "keda.excludeUnacknowledged": "true"}, "excludeUnacknowledged"),
+        ({"keda.protocol": "auto"}, "protocol"),
+        ({"keda.mode": "queueLength"}, "mode"),
+        ({"keda.management.url": "amqp://u:p@h:5672/"}, "url"),
+        ({"keda.management.url": "http://u:p@h:15672"}, "url"),  # KEDA needs the trailing slash
+    ],
+)
+def test_keda_combinations_keda_refuses_are_refused(helm, sets, message):
+    assert message in render_fails(helm, sets=sets)
+
+
+def test_keda_http_needs_exactly_one_management_source(helm):
+    err = render_fails(helm, sets={"keda.enabled": "true", "keda.protocol": "http"})
+    assert "set keda.management.url or keda.management.existingSecret" in err
+    err = render_fails(helm, "values-keda-http.yaml",
+                       sets={"keda.management.url": "http://u:p@h:15672/"})
+    assert "not both" in err
 
 
 def test_keda_owns_the_replica_count(helm):

@@ -91,6 +91,19 @@ AMQP_URL
 {{- end -}}
 {{- end -}}
 
+{{/* The KEDA management-API Secret (protocol http) and its key. */}}
+{{- define "hljs.managementSecretName" -}}
+{{- .Values.keda.management.existingSecret | default (include "hljs.suffixed" (dict "root" . "suffix" "rabbitmq-management")) -}}
+{{- end -}}
+
+{{- define "hljs.managementSecretKey" -}}
+{{- if .Values.keda.management.existingSecret -}}
+{{- .Values.keda.management.existingSecretKey -}}
+{{- else -}}
+host
+{{- end -}}
+{{- end -}}
+
 {{- define "hljs.metricsServiceName" -}}
 {{- include "hljs.suffixed" (dict "root" . "suffix" "metrics") -}}
 {{- end -}}
@@ -238,6 +251,14 @@ that names the value to change.
 {{- else if not (hasKey $.Values.extraFiles $file) -}}
 {{- fail (printf "handlers: handler %q has no source and extraFiles has no %q" .key $file) -}}
 {{- end -}}
+{{- end -}}
+{{- end -}}
+{{- if and .Values.keda.enabled (eq .Values.keda.protocol "http") -}}
+{{- if and .Values.keda.management.url .Values.keda.management.existingSecret -}}
+{{- fail "set keda.management.url or keda.management.existingSecret, not both" -}}
+{{- end -}}
+{{- if not (or .Values.keda.management.url .Values.keda.management.existingSecret) -}}
+{{- fail "keda.protocol=http reads the RabbitMQ management API: set keda.management.url or keda.management.existingSecret" -}}
 {{- end -}}
 {{- end -}}
 {{- if and .Values.keda.enabled (eq (include "hljs.kedaQueues" .) "[]") -}}
