@@ -146,6 +146,26 @@ fn an_unknown_code_in_retry_on_fails_at_start_naming_the_key_and_the_file() {
 }
 
 #[test]
+fn a_handler_written_as_an_es_module_serves_events() {
+    let dir = temp_dir("it-module");
+    let (config, _) = write_config(
+        &dir,
+        "",
+        &[HandlerSpec::new("mod", test_handler("module.js"))],
+    );
+    let (code, lines, stderr) = run_lines(
+        &["--config", config.to_str().unwrap()],
+        "{\"key\":\"mod\",\"event\":{\"name\":\"ESM\"}}\n",
+        true,
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        lines[0]["result"],
+        json!({"message": "Hello, ESM!", "key": "mod", "attempt": 1})
+    );
+}
+
+#[test]
 fn a_line_that_is_not_utf8_gets_its_own_outcome_and_the_run_goes_on() {
     let mut input = Vec::new();
     input.extend_from_slice(b"{\"key\":\"greet\",\"event\":{\"name\":\"A\"}}\n");
