@@ -65,13 +65,16 @@ async fn a_lost_connection_moves_the_worker_to_the_next_broker() {
     // URL it would retry the dead address until that node returned).
     first.stop().await;
     let lost = Instant::now();
-    worker.wait_readyz(503, Duration::from_secs(15)).await;
-    let moved = worker.wait_readyz(200, Duration::from_secs(30)).await;
-    assert!(
-        lost.elapsed() < Duration::from_secs(20),
-        "ready again after {:?} (waited {moved:?} once unready)",
-        lost.elapsed()
-    );
+    // Readiness may drop for only a few hundred milliseconds: watch the reconnect instead.
+    while worker.metric("hljs_reconnects_total", &[]).await < 1.0 {
+        assert!(
+            lost.elapsed() < Duration::from_secs(20),
+            "the worker did not move to the second broker:\n{}",
+            worker.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    worker.wait_readyz(200, Duration::from_secs(30)).await;
     let b = Client::connect(second.url()).await;
     let b_results = b.bind_queue(&ex.results, "#").await;
     b.publish_json(&ex.events, "echo", &json!({"id": "second"}))
@@ -80,5 +83,11 @@ async fn a_lost_connection_moves_the_worker_to_the_next_broker() {
         b.collect(&b_results, 1, OUTCOMES).await[0].body,
         json!({"id": "second"})
     );
-    assert!(worker.metric("hljs_reconnects_total", &[]).await >= 1.0);
+    assert!(
+        std::fs::read_to_string(&worker.log)
+            .unwrap()
+            .contains("connecting to the next URL"),
+        "{}",
+        worker.log_tail()
+    );
 }
