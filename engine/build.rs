@@ -28,6 +28,8 @@ fn run() -> Result<(), String> {
     for dir in [
         "guest/src",
         "guest/Cargo.toml",
+        "guest-mm/src",
+        "guest-mm/Cargo.toml",
         "abi/src",
         "abi/Cargo.toml",
         "Cargo.lock",

@@ -39,7 +39,31 @@ pub mod guest_fn {
     /// `() -> u64`: kernel entries from user mode before this call began
     /// (so that the query does not count itself).
     pub const TRAP_COUNT: &str = "TrapCount";
+    /// `(write: String, seek: String) -> String` (test hook): whether the
+    /// marker of `seek` is in a guest static, a heap block, the user stack and
+    /// the transport arena (`static=0|1 heap=0|1 stack=0|1 arena=0|1 wrote=…`),
+    /// then writes the marker of `write` to the first three.
+    pub const SCRIBBLE: &str = "Scribble";
+    /// `() -> String`: the previous call's kernel entries from user mode, by
+    /// kind, one `kind count cycles` line each (TSC cycles spent in the
+    /// kernel's handler). Kinds: see [`crate::KERNEL_ENTRY_KINDS`].
+    pub const KERNEL_STATS: &str = "KernelStats";
 }
+
+/// Kinds of kernel entry from guest user mode, as [`guest_fn::KERNEL_STATS`] names them:
+/// a system call, an emulated `out` (host call or abort), a page opened to
+/// user mode by the kernel's fast path or by its full path, a copy-on-write
+/// by either, a fresh zeroed page, a fatal fault.
+pub const KERNEL_ENTRY_KINDS: [&str; 8] = [
+    "syscall",
+    "out",
+    "open-fast",
+    "open",
+    "copy-fast",
+    "copy",
+    "zero",
+    "fatal",
+];
 
 /// Host functions the guest calls.
 pub mod host_fn {

@@ -126,6 +126,11 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(30);
     let config = SandboxConfig::default();
+    // BENCH_ONLY=entries prints only the kernel-entry tables.
+    if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "entries") {
+        kernel_entries(n);
+        return;
+    }
 
     println!("| operation | p50 ms | p99 ms | vs baseline |");
     println!("|---|---|---|---|");
@@ -235,6 +240,119 @@ fn main() {
 
     println!();
     guest_modes(n);
+    println!();
+    kernel_entries(n);
+}
+
+/// The issue's comparison handler: the total of an order's 20 line items.
+const ORDER: &str = "function handler(o) { let t = 0; for (const l of o.items) t += l.qty * l.cents; return { id: o.id, total: t }; }";
+
+fn order_event() -> String {
+    let items: Vec<String> = (0..20)
+        .map(|i| {
+            format!(
+                r#"{{"sku":"sku-{i}","qty":{},"cents":{}}}"#,
+                1 + i % 3,
+                199 + 10 * i
+            )
+        })
+        .collect();
+    format!(r#"{{"id":"order-1","items":[{}]}}"#, items.join(","))
+}
+
+/// Kernel entries of a call right after a restore (the worker's path) and of
+/// a warm call, per kind, with the time the guest kernel's handler spends on
+/// each kind; the rest of an entry's cost (exception delivery, the trap
+/// path's register save and restore) is what remains of the call's extra time.
+fn kernel_entries(n: usize) {
+    let no_gc = CallOptions::default().gc(false);
+    let mut js = SandboxBuilder::new()
+        .build()
+        .expect("build")
+        .load_runtime()
+        .expect("load");
+    js.add_handler("echo", ECHO).expect("add");
+    js.add_handler("order", ORDER).expect("add");
+    let mut sb = js.get_loaded_sandbox().expect("loaded");
+    let snap = sb.snapshot().expect("snapshot");
+    let order = order_event();
+    println!("Kernel entries per call (guest user mode), medians of {n} calls:");
+    println!();
+    println!("| handler | kind | warm: count | after a restore: count | handler µs per entry |");
+    println!("|---|---|---|---|---|");
+    let mut summary = Vec::new();
+    for (key, event) in [("echo", EVENT), ("order", order.as_str())] {
+        let kinds = hyperlight_js_abi::KERNEL_ENTRY_KINDS;
+        let mut warm_counts = vec![Vec::new(); kinds.len()];
+        let mut cold_counts = vec![Vec::new(); kinds.len()];
+        let mut cold_micros = vec![Vec::new(); kinds.len()];
+        let mut warm_t = Vec::new();
+        let mut cold_t = Vec::new();
+        for _ in 0..n {
+            sb.restore(&snap).expect("restore");
+            let t = Instant::now();
+            sb.call_handler_json(key, event, &no_gc).expect("call");
+            cold_t.push(t.elapsed());
+            for e in sb.guest_kernel_stats().expect("stats") {
+                let i = kinds.iter().position(|k| *k == e.kind).expect("known kind");
+                cold_counts[i].push(e.count as f64);
+                if e.count > 0 {
+                    cold_micros[i].push(e.handler_micros / e.count as f64);
+                }
+            }
+            let t = Instant::now();
+            sb.call_handler_json(key, event, &no_gc).expect("call");
+            warm_t.push(t.elapsed());
+            for e in sb.guest_kernel_stats().expect("stats") {
+                let i = kinds.iter().position(|k| *k == e.kind).expect("known kind");
+                warm_counts[i].push(e.count as f64);
+            }
+        }
+        let median = |v: &mut Vec<f64>| {
+            if v.is_empty() {
+                return 0.0;
+            }
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let (mut cold_entries, mut warm_entries, mut handler_ms) = (0.0, 0.0, 0.0);
+        for (i, kind) in kinds.iter().enumerate() {
+            let (w, c, us) = (
+                median(&mut warm_counts[i]),
+                median(&mut cold_counts[i]),
+                median(&mut cold_micros[i]),
+            );
+            warm_entries += w;
+            cold_entries += c;
+            handler_ms += c * us / 1e3;
+            println!("| {key} | {kind} | {w} | {c} | {us:.1} |");
+        }
+        let (warm, cold) = (Stats(sorted(warm_t)).p50(), Stats(sorted(cold_t)).p50());
+        summary.push((key, warm, cold, warm_entries, cold_entries, handler_ms));
+    }
+    println!();
+    println!(
+        "| handler | warm call p50 ms | call after a restore p50 ms | entries warm / after | kernel handlers ms | rest per extra entry µs |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for (key, warm, cold, we, ce, hms) in summary {
+        let extra = cold.as_secs_f64() * 1e3 - warm.as_secs_f64() * 1e3 - hms;
+        let per = if ce > we {
+            extra * 1e3 / (ce - we)
+        } else {
+            0.0
+        };
+        println!(
+            "| {key} | {} | {} | {we} / {ce} | {hms:.2} | {per:.0} |",
+            ms(warm),
+            ms(cold)
+        );
+    }
+}
+
+fn sorted(mut v: Vec<Duration>) -> Vec<Duration> {
+    v.sort();
+    v
 }
 
 const LOOP: &str =

@@ -35,6 +35,8 @@ pub use guest_image::GUEST;
 pub use host_functions::HostFn;
 pub use interrupt::InterruptHandle;
 pub use js_sandbox::JSSandbox;
+#[doc(hidden)]
+pub use loaded::KernelEntries;
 pub use loaded::{CallOptions, CallStats, LoadedJSSandbox};
 pub use proto::ProtoJSSandbox;
 pub use snapshot::Snapshot;

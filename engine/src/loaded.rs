@@ -366,6 +366,25 @@ impl LoadedJSSandbox {
             .map_err(|_| Error::Internal(format!("bad probe reply {text}")))
     }
 
+    /// Test hook: the guest's own native code looks for the marker of `seek`
+    /// in a guest static, a heap block, the user stack and the transport
+    /// arena, then writes the marker of `write` (see
+    /// [`hyperlight_js_abi::guest_fn::SCRIBBLE`]); returns its report.
+    #[doc(hidden)]
+    pub fn scribble(&mut self, write: &str, seek: &str) -> Result<String> {
+        if self.poisoned() {
+            return Err(Error::Poisoned);
+        }
+        let frame: String = self
+            .sandbox
+            .call(guest_fn::SCRIBBLE, (write.to_owned(), seek.to_owned()))
+            .map_err(error_map::from_hyperlight)?;
+        error_map::reply_checked("", frame).map_err(|(e, fatal)| {
+            self.faulted |= fatal;
+            e
+        })
+    }
+
     /// Benchmark hook: kernel entries (faults and system calls) from guest
     /// user mode since the runtime was loaded, up to the start of this query.
     #[doc(hidden)]
@@ -373,6 +392,37 @@ impl LoadedJSSandbox {
         self.sandbox
             .call(guest_fn::TRAP_COUNT, ())
             .map_err(error_map::from_hyperlight)
+    }
+
+    /// Benchmark hook: the previous call's kernel entries from guest user
+    /// mode, per kind (see [`hyperlight_js_abi::KERNEL_ENTRY_KINDS`]), with
+    /// the time the guest kernel's handler spent on them. Empty in kernel mode.
+    #[doc(hidden)]
+    pub fn guest_kernel_stats(&mut self) -> Result<Vec<KernelEntries>> {
+        let text: String = self
+            .sandbox
+            .call(guest_fn::KERNEL_STATS, ())
+            .map_err(error_map::from_hyperlight)?;
+        let hz = crate::clock::tsc_hz().max(1) as f64;
+        text.lines()
+            .map(|line| {
+                let mut parts = line.split(' ');
+                let (Some(kind), Some(count), Some(cycles), None) =
+                    (parts.next(), parts.next(), parts.next(), parts.next())
+                else {
+                    return Err(Error::Internal(format!("bad kernel stats line {line:?}")));
+                };
+                let number = |s: &str| {
+                    s.parse::<u64>()
+                        .map_err(|_| Error::Internal(format!("bad kernel stats line {line:?}")))
+                };
+                Ok(KernelEntries {
+                    kind: kind.to_owned(),
+                    count: number(count)?,
+                    handler_micros: number(cycles)? as f64 * 1e6 / hz,
+                })
+            })
+            .collect()
     }
 
     /// The sizes this sandbox was built with.
@@ -393,4 +443,17 @@ fn fresh_seed() -> u64 {
             .map_or(0, |d| d.as_nanos()),
     );
     h.finish() | 1
+}
+
+/// One kind of kernel entry from guest user mode during a call (benchmarks).
+#[doc(hidden)]
+#[derive(Clone, Debug, PartialEq)]
+pub struct KernelEntries {
+    /// The kind, one of [`hyperlight_js_abi::KERNEL_ENTRY_KINDS`].
+    pub kind: String,
+    /// How many entries of the kind.
+    pub count: u64,
+    /// Microseconds the guest kernel's handler spent on them (exception
+    /// delivery and the trap path's register save not included).
+    pub handler_micros: f64,
 }

@@ -217,6 +217,24 @@ fn call_guest_function(call: FunctionCall) -> CallResult {
             args.end(&name)?;
             ReturnValue::ULong(usermode::trap_count())
         }
+        guest_fn::SCRIBBLE => {
+            let (Some(write), Some(seek)) = (args.string(), args.string()) else {
+                return Err(mismatch(&name));
+            };
+            args.end(&name)?;
+            ReturnValue::String(exports::scribble(write, seek))
+        }
+        guest_fn::KERNEL_STATS => {
+            args.end(&name)?;
+            let mut out = String::new();
+            if usermode::in_user() {
+                for kind in usermode::Entry::ALL {
+                    let (count, cycles) = usermode::last_call_entries(kind);
+                    out.push_str(&format!("{} {count} {cycles}\n", kind.name()));
+                }
+            }
+            ReturnValue::String(out)
+        }
         _ => {
             return Err(HyperlightGuestError::new(
                 ErrorCode::GuestFunctionNotFound,

@@ -127,3 +127,75 @@ pub fn probe_read(addr: u64) -> String {
         encode_ok(&format!("{b}"))
     })
 }
+
+/// The marker a [`scribble`] writes, from the caller's value.
+fn scribble_marker(value: &str) -> [u8; SCRIBBLE_LEN] {
+    let mut out = [0u8; SCRIBBLE_LEN];
+    let text = format!("hljs-scribble:{value}");
+    let n = text.len().min(SCRIBBLE_LEN);
+    out[..n].copy_from_slice(&text.as_bytes()[..n]);
+    out
+}
+
+const SCRIBBLE_LEN: usize = 64;
+/// A guest static the scribble writes (a data page of the image).
+static mut SCRIBBLE_STATIC: [u8; SCRIBBLE_LEN] = [0; SCRIBBLE_LEN];
+/// A heap block the scribble writes, allocated by its first call.
+static SCRIBBLE_HEAP: core::sync::atomic::AtomicPtr<u8> =
+    core::sync::atomic::AtomicPtr::new(core::ptr::null_mut());
+/// How far below the top of the user stack the scribble writes: below every
+/// frame of a call that only scribbles, above the guard page.
+const SCRIBBLE_STACK_DEPTH: u64 = 48 * 1024;
+
+/// `Scribble` (test hook): from the mode handlers run in, reports whether
+/// the marker of `seek` is in a guest static, a heap block, a fixed place on
+/// the user stack and anywhere in the transport arena, then writes the
+/// marker of `write` to the first three (and returns it, so that it reaches
+/// the arena through the reply).
+pub fn scribble(write: String, seek: String) -> String {
+    in_mode(move || {
+        let (wrote, sought) = (scribble_marker(&write), scribble_marker(&seek));
+        let heap = match SCRIBBLE_HEAP.load(core::sync::atomic::Ordering::Relaxed) {
+            p if p.is_null() => {
+                let p = alloc::boxed::Box::leak(alloc::boxed::Box::new([0u8; SCRIBBLE_LEN]))
+                    .as_mut_ptr();
+                SCRIBBLE_HEAP.store(p, core::sync::atomic::Ordering::Relaxed);
+                p
+            }
+            p => p,
+        };
+        let stack = if usermode::enabled() {
+            (usermode::USER_STACK_TOP - SCRIBBLE_STACK_DEPTH) as *mut u8
+        } else {
+            core::ptr::null_mut()
+        };
+        let places = [(&raw mut SCRIBBLE_STATIC).cast::<u8>(), heap, stack];
+        let mut found = [false; 4];
+        for (i, p) in places.into_iter().enumerate() {
+            if p.is_null() {
+                continue;
+            }
+            // SAFETY: each place is `SCRIBBLE_LEN` bytes of this guest's own
+            // memory (a static, a leaked block, dead user stack far below
+            // every live frame); nothing else uses them.
+            unsafe {
+                let here = core::slice::from_raw_parts_mut(p, SCRIBBLE_LEN);
+                found[i] = *here == sought;
+                here.copy_from_slice(&wrote);
+            }
+        }
+        if let Ok((lo, hi)) = crate::transport::with(|t| Ok(t.arena())) {
+            // SAFETY: the arena is mapped for the guest's lifetime and open to user mode.
+            let arena = unsafe { core::slice::from_raw_parts(lo as *const u8, (hi - lo) as usize) };
+            let key = &sought[..sought.iter().position(|&b| b == 0).unwrap_or(SCRIBBLE_LEN)];
+            found[3] = arena.windows(key.len()).any(|w| w == key);
+        }
+        let text = core::str::from_utf8(&wrote)
+            .unwrap_or("")
+            .trim_end_matches('\0');
+        encode_ok(&format!(
+            "static={} heap={} stack={} arena={} wrote={text}",
+            found[0] as u8, found[1] as u8, found[2] as u8, found[3] as u8
+        ))
+    })
+}

@@ -2,7 +2,7 @@
 //!
 //! The same code serves both modes: the call is encoded into the transport
 //! arena where it runs, and only the `out` that notifies the host needs the
-//! kernel in user mode (see `usermode::emulate_out`).
+//! kernel in user mode (see `usermode::traps`).
 
 use alloc::string::String;
 use alloc::vec;

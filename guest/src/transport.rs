@@ -7,7 +7,7 @@
 //! received buffer out of its pool slot instead of aliasing it, so it only
 //! ever touches the transport arena and user mode can run it natively. The
 //! only privileged step left is the `out` that notifies the host, which the
-//! kernel performs for user mode (see `usermode::emulate_out`).
+//! kernel performs for user mode (see `usermode::traps`).
 //!
 //! It replaces hyperlight-guest's context from the end of initialisation on
 //! (see `dispatch::finish_init`), which then is never used again.
@@ -170,12 +170,21 @@ pub struct Transport {
     mailbox: u64,
     generation: u64,
     next_cid: u32,
+    /// Where the arena is mapped, `[lo, hi)`.
+    arena: (u64, u64),
 }
 
 struct Global(RefCell<Option<Transport>>);
 // SAFETY: one vCPU, and guest entries are serialized.
 unsafe impl Sync for Global {}
 static TRANSPORT: Global = Global(RefCell::new(None));
+
+impl Transport {
+    /// Where the arena is mapped, `[lo, hi)` (a test hook reads it all).
+    pub fn arena(&self) -> (u64, u64) {
+        self.arena
+    }
+}
 
 /// Runs `f` with the transport, if it is installed and not in use.
 pub fn with<R>(f: impl FnOnce(&mut Transport) -> Result<R, Error>) -> Result<R, Error> {
@@ -287,6 +296,7 @@ pub fn install() -> Result<(), Error> {
         mailbox: gva(arena.mbx_addr()),
         generation: generation(),
         next_cid: 1,
+        arena: (lo, hi),
     };
     let mut slot = TRANSPORT
         .0

@@ -1,0 +1,156 @@
+//! The kernel page: everything the trap path needs, on one supervisor-only page.
+
+use core::mem::offset_of;
+
+use super::Fault;
+
+/// Kinds of kernel entry from user mode, counted separately.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(usize)]
+pub enum Entry {
+    /// A system call (`ud2`): leave user mode, read a counter.
+    Syscall = 0,
+    /// An emulated `out`: a host-function call or an abort.
+    Out = 1,
+    /// A page that only lacked the user bit, opened by the assembly fast
+    /// path (counted, not timed).
+    OpenFast = 2,
+    /// A page that only lacked the user bit, opened by the full path.
+    Open = 3,
+    /// A copy-on-write page, by the assembly fast path (counted, not timed).
+    CopyFast = 4,
+    /// A copy-on-write page, by the full path.
+    Copy = 5,
+    /// A fresh zeroed page (stack growth, zero-fill).
+    Zero = 6,
+    /// A fault that ended the user computation.
+    Fatal = 7,
+}
+
+impl Entry {
+    /// Every kind, in index order.
+    pub const ALL: [Entry; ENTRY_KINDS] = [
+        Entry::Syscall,
+        Entry::Out,
+        Entry::OpenFast,
+        Entry::Open,
+        Entry::CopyFast,
+        Entry::Copy,
+        Entry::Zero,
+        Entry::Fatal,
+    ];
+
+    /// The kind's name in the stats the host reads.
+    pub const fn name(self) -> &'static str {
+        hyperlight_js_abi::KERNEL_ENTRY_KINDS[self as usize]
+    }
+}
+
+/// Number of [`Entry`] kinds.
+pub const ENTRY_KINDS: usize = hyperlight_js_abi::KERNEL_ENTRY_KINDS.len();
+
+/// Count and TSC cycles spent in the kernel's handler, per kind of entry.
+pub type EntryStats = [[u64; 2]; ENTRY_KINDS];
+
+/// The kernel's state. The alignment makes it exactly one page, which never
+/// gets the user bit (see `hyperlight_js_guest_mm::UserRegions`).
+#[repr(C, align(4096))]
+pub struct KState {
+    pub gdt: [u64; 8],
+    pub kernel_rsp: u64,
+    /// User GPRs at the trap: rax, rbx, rcx, rdx, rsi, rdi, rbp, r8..r15.
+    pub user: [u64; 15],
+    pub vector: u64,
+    pub err: u64,
+    /// rip, cs, rflags, rsp, ss of the interrupted user code.
+    pub frame: [u64; 5],
+    pub ustack_limit: u64,
+    /// Kernel entries from user mode since the runtime was loaded.
+    pub traps: u64,
+    /// User mode is set up: every call is served in user mode.
+    pub enabled: bool,
+    /// `traps` when the current call from the host began.
+    pub call_start: u64,
+    pub fault: Option<Fault>,
+    /// The transport arena (virtqueue rings, pools, mailbox): user mode
+    /// serves calls itself, so these scratch pages are open to it.
+    pub arena: [u64; 2],
+    /// Scratch physical and virtual base, to read page tables without
+    /// going through hyperlight's metadata reads at every level.
+    pub scratch: [u64; 2],
+    /// The copy window's leaf entry, and the snapshot generation it is valid for.
+    pub window: [u64; 2],
+    /// The heap, where a read fault on a copy-on-write page copies it at once.
+    pub heap: [u64; 2],
+    /// Scratch virtual minus physical base (wrapping), for the fast path's walk.
+    pub scratch_delta: u64,
+    /// hyperlight's physical page allocator (its next free address) and its
+    /// limit, and where the snapshot generation is, for the fast path.
+    pub alloc_gva: u64,
+    pub alloc_limit: u64,
+    pub generation_gva: u64,
+    /// Entries of the current call, per kind.
+    pub stats: EntryStats,
+    /// Entries of the previous call, per kind.
+    pub last_stats: EntryStats,
+}
+const _: () = assert!(core::mem::size_of::<KState>() == 4096);
+
+pub(super) static mut KPAGE: KState = KState {
+    gdt: [0; 8],
+    kernel_rsp: 0,
+    user: [0; 15],
+    vector: 0,
+    err: 0,
+    frame: [0; 5],
+    ustack_limit: 0,
+    traps: 0,
+    enabled: false,
+    call_start: 0,
+    fault: None,
+    arena: [0; 2],
+    scratch: [0; 2],
+    window: [0; 2],
+    heap: [0; 2],
+    scratch_delta: 0,
+    alloc_gva: 0,
+    alloc_limit: 0,
+    generation_gva: 0,
+    stats: [[0; 2]; ENTRY_KINDS],
+    last_stats: [[0; 2]; ENTRY_KINDS],
+};
+
+/// The kernel page, the one way to reach it from Rust (the trap path's
+/// assembly reaches it by symbol, see `entry.rs`).
+///
+/// # Safety
+/// Kernel mode only, and no other reference it returned is live: the
+/// kernel runs on one vCPU, a user trap takes one reference for its whole
+/// handling and passes it down, and the kernel's own faults never touch it.
+pub unsafe fn kpage() -> &'static mut KState {
+    let page = &raw mut KPAGE;
+    // SAFETY: the caller's contract makes this the only live reference.
+    unsafe { &mut *page }
+}
+
+/// The kernel page's address (not a reference: user mode may ask for it, to
+/// prove it cannot read there).
+pub fn kpage_addr() -> u64 {
+    (&raw const KPAGE) as u64
+}
+
+pub const K_RSP: usize = offset_of!(KState, kernel_rsp);
+pub const K_USER: usize = offset_of!(KState, user);
+pub const K_VECTOR: usize = offset_of!(KState, vector);
+pub const K_ERR: usize = offset_of!(KState, err);
+pub const K_FRAME: usize = offset_of!(KState, frame);
+pub const K_SCRATCH_GPA: usize = offset_of!(KState, scratch);
+pub const K_SCRATCH_DELTA: usize = offset_of!(KState, scratch_delta);
+pub const K_TRAPS: usize = offset_of!(KState, traps);
+pub const K_OPENED: usize = offset_of!(KState, stats) + 16 * Entry::OpenFast as usize;
+pub const K_COPIED: usize = offset_of!(KState, stats) + 16 * Entry::CopyFast as usize;
+pub const K_HEAP: usize = offset_of!(KState, heap);
+pub const K_WINDOW: usize = offset_of!(KState, window);
+pub const K_GENERATION_GVA: usize = offset_of!(KState, generation_gva);
+pub const K_ALLOC_GVA: usize = offset_of!(KState, alloc_gva);
+pub const K_ALLOC_LIMIT: usize = offset_of!(KState, alloc_limit);

@@ -1,0 +1,203 @@
+//! Guest user mode: the JavaScript engine runs at CPL3 inside the micro-VM.
+//!
+//! On paravirtual KVM (kvm-pvm) a guest's kernel-mode code is emulated at
+//! ~1 µs per instruction while user-mode code runs natively. So every guest
+//! function does its real work (QuickJS) in user mode, and the small kernel
+//! part here is entered only through faults:
+//!
+//! - `ud2` from user mode is a system call (`rax` = number): leave user
+//!   mode at the end of a call, or read the kernel-entry counter;
+//! - `#GP` from an `out` to the virtqueue or abort port is done by the
+//!   kernel for user mode (IOPL is forced to 0 at CPL3 here): that is how a
+//!   host-function call and a panic's abort reach the host;
+//! - a page fault from user mode sets the user bit along the page walk
+//!   (hyperlight rebuilds page tables without it at every snapshot), grows
+//!   the user stack, and for copy-on-write puts a fresh page in place and
+//!   lets user mode copy into it natively (`hljs_cow_copy`);
+//! - any other exception ends the user computation: the kernel resumes user
+//!   mode at the innermost landing set by [`run`] (like a signal handler and
+//!   `longjmp`), which returns the fault as an `Err`.
+//!
+//! Faults raised in kernel mode are served here too ([`hljs_kernel_fault`]):
+//! hyperlight-guest-bin's handlers consult hook tables in user-writable
+//! statics, so none of them runs once user mode is on. Nothing the kernel
+//! relies on lives in user-writable memory, and it never uses the heap.
+//! The kernel's pages (page tables, IDT/GDT/TSS, kernel and exception stacks,
+//! scratch metadata, this module's state) never get the user bit: JS in user
+//! mode cannot read or write them, a second privilege boundary inside the VM.//! The module by concern: `kpage` (the kernel's state and its one
+//! accessor), `descriptors` (GDT and IDT), `entry` (the privilege switch,
+//! assembly), `traps` (what the kernel does for a user trap), `faults` and
+//! `paging` (page faults and page-table work, with the rules themselves in
+//! the pure `hyperlight_js_guest_mm` crate), `run` (running code in user
+//! mode, landings).
+
+mod descriptors;
+mod entry;
+mod faults;
+mod kpage;
+mod paging;
+mod run;
+mod traps;
+
+use core::arch::asm;
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use hyperlight_js_guest_mm::PAGE_SIZE;
+
+pub use kpage::{ENTRY_KINDS, Entry};
+pub use run::run;
+
+/// System call: leave user mode (the job is done).
+pub const SYS_EXIT: u64 = 0;
+/// System call: the number of kernel entries before the current call began, in `rax`.
+pub const SYS_TRAPS: u64 = 1;
+/// System call: one number of the previous call's kernel entries (`rdi` =
+/// 2 × kind + 0 for the count, + 1 for the TSC cycles spent in the handler).
+pub const SYS_STATS: u64 = 2;
+
+/// Top of the user stack: a region of its own, outside every hyperlight region.
+const USTACK_TOP: u64 = 0xffff_f000_1000_0000;
+/// The top of the user stack, for test hooks that write below every frame.
+pub const USER_STACK_TOP: u64 = USTACK_TOP;
+
+/// Why a user run ended early.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// The user stack overflowed into its guard page.
+    StackOverflow,
+    /// User mode touched a kernel page or an unmapped address.
+    Access { addr: u64, rip: u64 },
+    /// A general-protection fault (a panic's `out` lands here) or another fault.
+    Other { vector: u64, rip: u64 },
+}
+
+/// Set while a user run is in progress (read by user code, to know that it
+/// is user code; the kernel never trusts it).
+static IN_USER: AtomicBool = AtomicBool::new(false);
+/// Set once `init` has run, for user code; the kernel's own copy is on the
+/// kernel page (see [`kernel_enabled`]), where user mode cannot clear it to
+/// have the next call served in kernel mode.
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// Whether the current code runs in user mode.
+pub fn in_user() -> bool {
+    IN_USER.load(Ordering::Relaxed)
+}
+
+/// Whether user mode is set up for this sandbox (a hint for user code).
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+/// Whether user mode is set up for this sandbox, as the kernel knows it.
+/// Kernel mode only.
+pub fn kernel_enabled() -> bool {
+    // SAFETY: kernel mode (this function's contract); a read.
+    unsafe { kpage::kpage() }.enabled
+}
+
+/// Sets up user mode once, before the runtime's snapshot: ring-3 segments,
+/// the trap gates, and the user stack's size. Kernel mode only.
+pub fn init(stack_size: u64) {
+    if kernel_enabled() {
+        return;
+    }
+    // SAFETY: kernel mode, single vCPU, before user mode exists: the only
+    // reference to the kernel page, and the descriptor tables are
+    // hyperlight-guest-bin's.
+    let k = unsafe { kpage::kpage() };
+    // SAFETY: as above.
+    unsafe { descriptors::install(k) };
+    k.ustack_limit = USTACK_TOP - stack_size.next_multiple_of(PAGE_SIZE);
+    k.arena = crate::transport::arena_range().map_or([0; 2], |(lo, hi)| [lo, hi]);
+    k.heap = heap_range();
+    k.scratch = [
+        hyperlight_guest::layout::scratch_base_gpa(),
+        hyperlight_guest::layout::scratch_base_gva(),
+    ];
+    k.scratch_delta = k.scratch[1].wrapping_sub(k.scratch[0]);
+    k.alloc_gva = hyperlight_guest::layout::allocator_gva() as u64;
+    k.alloc_limit = hyperlight_common::layout::scratch_allocator_limit_gpa();
+    k.generation_gva = hyperlight_guest::layout::snapshot_generation_gva() as u64;
+    k.enabled = true;
+    ENABLED.store(true, Ordering::Relaxed);
+}
+
+/// Runs `entry` in user mode as the whole of a call from the host; it ends
+/// with `SYS_EXIT`. A fault that no [`run`] catches aborts the call.
+pub fn serve_in_user(entry: extern "C" fn(u64) -> !) {
+    IN_USER.store(true, Ordering::Relaxed);
+    // SAFETY: kernel mode; `entry` is in the image, the user stack region is ours.
+    let status = unsafe { entry::hljs_enter_user(entry as *const () as u64, USTACK_TOP - 8, 0) };
+    IN_USER.store(false, Ordering::Relaxed);
+    if status != entry::STATUS_EXIT {
+        // No formatting here: that would use the heap, whose allocator
+        // state user mode can write.
+        // SAFETY: kernel mode, after the user run.
+        let fault = unsafe { kpage::kpage() }.fault;
+        let (vector, rip) = match fault {
+            Some(Fault::Other { vector, rip }) => (vector, rip),
+            Some(Fault::Access { addr, rip }) => (addr, rip),
+            _ => (0, 0),
+        };
+        faults::abort_report(b"user mode faulted outside any handler: ", vector, 0, rip);
+    }
+}
+
+/// Kernel entries from user mode (faults and system calls) before the
+/// current call from the host began.
+pub fn trap_count() -> u64 {
+    if in_user() {
+        return syscall(SYS_TRAPS, 0);
+    }
+    // SAFETY: kernel mode; a read.
+    unsafe { kpage::kpage() }.call_start
+}
+
+/// The previous call's kernel entries of `kind`: their count and the TSC
+/// cycles the kernel's handler spent on them (exception delivery and the
+/// register save of the trap path not included). User mode only.
+pub fn last_call_entries(kind: Entry) -> (u64, u64) {
+    let i = 2 * kind as u64;
+    (syscall(SYS_STATS, i), syscall(SYS_STATS, i + 1))
+}
+
+/// Marks the start of a call from the host (for [`trap_count`] and
+/// [`last_call_entries`]). Kernel mode.
+pub fn call_begins() {
+    // SAFETY: kernel mode, single vCPU, no user run in progress.
+    let k = unsafe { kpage::kpage() };
+    k.call_start = k.traps;
+    k.last_stats = k.stats;
+    k.stats = [[0; 2]; ENTRY_KINDS];
+}
+
+/// The address of the kernel page, for tests that prove user mode cannot read it.
+pub fn kernel_page() -> u64 {
+    kpage::kpage_addr()
+}
+
+/// A system call from user mode.
+#[inline(never)]
+pub fn syscall(num: u64, arg: u64) -> u64 {
+    let ret: u64;
+    // SAFETY: `ud2` traps to `hljs_vec_6`, which resumes after it with rax set.
+    unsafe { asm!("ud2", inlateout("rax") num => ret, in("rdi") arg, options(nostack)) };
+    ret
+}
+
+/// The guest heap's address range, from the PEB. Kernel mode.
+fn heap_range() -> [u64; 2] {
+    // SAFETY: the PEB pointer was set by hyperlight-guest-bin's initialisation
+    // and the PEB stays mapped for the guest's lifetime.
+    unsafe {
+        let handle = &raw const hyperlight_guest_bin::GUEST_HANDLE;
+        match (*handle).peb() {
+            Some(peb) => {
+                let heap = (*peb).guest_heap;
+                [heap.ptr, heap.ptr + heap.size]
+            }
+            None => [0; 2],
+        }
+    }
+}

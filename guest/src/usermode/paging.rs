@@ -1,0 +1,321 @@
+//! The kernel's page-table work: walks that open pages to user mode, fresh
+//! zeroed pages, and both halves of copy-on-write.
+//!
+//! Page tables live in hyperlight's scratch region and are rebuilt by every
+//! snapshot without the user bit (see `hyperlight_js_guest_mm::pte`).
+
+use core::arch::{asm, global_asm};
+
+use hyperlight_common::vmem::{BasicMapping, MappingKind};
+use hyperlight_js_guest_mm::fault::Perms;
+use hyperlight_js_guest_mm::pte::{self, LEVELS, PRESENT, RW, USER, Upper};
+use hyperlight_js_guest_mm::{PAGE_SIZE, page_of};
+
+use super::kpage::KState;
+
+/// A one-page window through which user mode reads the old page of a
+/// copy-on-write (read-only; its content is user mode's own data anyway).
+pub const COPY_WINDOW: u64 = 0xffff_f000_2000_0000;
+
+const RFLAGS_DF: u64 = 1 << 10;
+
+/// The entry for `va` in `table` (an entry of the level above) at `level`.
+fn entry_in(k: &KState, table: u64, va: u64, level: u32) -> Option<*mut u64> {
+    let [gpa, gva] = k.scratch;
+    let t = pte::table_va(table, gpa, gva)? as *mut u64;
+    // SAFETY: the index is below 512, the entries of a 4 KiB table.
+    Some(unsafe { t.add(pte::index(va, level)) })
+}
+
+/// The leaf entry for `va`, present or not, with the user bit set on the
+/// levels above it; `None` if a level above is missing or a large page.
+pub fn leaf_entry(k: &KState, va: u64) -> Option<*mut u64> {
+    let cr3: u64;
+    // SAFETY: reading CR3 in kernel mode.
+    unsafe { asm!("mov {}, cr3", out(reg) cr3, options(nomem, nostack)) };
+    let mut table = cr3;
+    for level in 0..LEVELS - 1 {
+        let e = entry_in(k, table, va, level)?;
+        // SAFETY: `e` points into a live page table in scratch memory.
+        let v = unsafe { e.read_volatile() };
+        if pte::upper(v) != Upper::Descend {
+            return None;
+        }
+        if v & USER == 0 {
+            // SAFETY: as above; the user bit on an upper level opens nothing
+            // by itself (the leaf decides).
+            unsafe { e.write_volatile(v | USER) };
+        }
+        table = v;
+    }
+    entry_in(k, table, va, LEVELS - 1)
+}
+
+/// Walks the tables for `va`, setting the user bit on every level. Returns
+/// the leaf entry, or `None` if some level is not present.
+pub fn open_walk(k: &KState, va: u64) -> Option<*mut u64> {
+    let e = leaf_entry(k, va)?;
+    // SAFETY: `e` points into a live page table in scratch memory.
+    let v = unsafe { e.read_volatile() };
+    if v & PRESENT == 0 {
+        return None;
+    }
+    if v & USER == 0 {
+        // SAFETY: as above; adding the user bit keeps the entry valid.
+        unsafe { e.write_volatile(v | USER) };
+    }
+    Some(e)
+}
+
+/// Whether the page of `va` is mapped and writable (at once or by copy on write).
+pub fn writable_page(k: &KState, va: u64) -> bool {
+    open_walk(k, va).is_some_and(|leaf| {
+        // SAFETY: a live leaf entry.
+        let v = unsafe { leaf.read_volatile() };
+        v & (RW | pte::COW) != 0
+    })
+}
+
+/// How hyperlight records the page of `va` (a zero-fill page, copy-on-write…).
+pub fn recorded(va: u64) -> hyperlight_js_guest_mm::fault::Recorded {
+    use hyperlight_js_guest_mm::fault::Recorded;
+    match hyperlight_guest_bin::paging::virt_to_phys(page_of(va))
+        .next()
+        .map(|m| m.kind)
+    {
+        Some(MappingKind::ZeroInit(bm)) => Recorded::ZeroInit(Perms {
+            writable: bm.writable,
+            executable: bm.executable,
+        }),
+        Some(MappingKind::Cow(cm)) => Recorded::Cow {
+            executable: cm.executable,
+        },
+        _ => Recorded::Other,
+    }
+}
+
+/// A fresh physical page, and where the kernel sees it.
+fn fresh_page() -> Option<(u64, *mut u8)> {
+    // SAFETY: kernel mode; the allocator hands out unused scratch pages.
+    let pa = unsafe { hyperlight_guest::prim_alloc::alloc_phys_pages(1) };
+    hyperlight_guest_bin::paging::phys_to_virt(pa).map(|p| (pa, p))
+}
+
+/// Maps a fresh zeroed page at the page of `va`, which was not present.
+/// `false` (nothing mapped) when the page cannot be had.
+///
+/// # Safety
+/// Kernel mode; nothing is mapped at `va`.
+pub unsafe fn map_zeroed(va: u64, perms: Perms) -> bool {
+    let Some((pa, p)) = fresh_page() else {
+        return false;
+    };
+    // SAFETY: `p` is the kernel's view of a whole unused page; the caller's
+    // contract for the mapping.
+    unsafe {
+        p.write_bytes(0, PAGE_SIZE as usize);
+        hyperlight_guest_bin::paging::map_region(
+            pa,
+            page_of(va) as *mut u8,
+            PAGE_SIZE,
+            MappingKind::Basic(BasicMapping {
+                readable: true,
+                writable: perms.writable,
+                executable: perms.executable,
+            }),
+        );
+    }
+    true
+}
+
+/// Copy-on-write of a user page done by the kernel itself (when there is no
+/// copy window): copies the page of `va` into a fresh one and puts that in
+/// place through `leaf`, writable and open to user mode.
+///
+/// # Safety
+/// Kernel mode; `leaf` is the live leaf entry of `va`, a copy-on-write page.
+unsafe fn copy_in_kernel(leaf: *mut u64, va: u64) -> bool {
+    let Some((pa, dst)) = fresh_page() else {
+        return false;
+    };
+    let page = page_of(va);
+    // SAFETY: the caller's contract; the source page is mapped (read-only),
+    // the destination is a whole unused page.
+    unsafe {
+        copy_page(page as *const u8, dst);
+        leaf.write_volatile(pte::after_copy(leaf.read_volatile(), pa));
+        asm!("invlpg [{}]", in(reg) page, options(nostack));
+    }
+    true
+}
+
+/// Copy-on-write for a fault of the kernel itself: copies the page of `va`
+/// into a fresh one and maps that in place through hyperlight's mapper,
+/// writable and kernel-only. Uses neither the kernel page nor the heap: it
+/// may run while a user trap is being handled.
+///
+/// # Safety
+/// Kernel mode; `va` is a mapped copy-on-write page.
+pub unsafe fn copy_for_kernel(va: u64, executable: bool) -> bool {
+    let Some((pa, dst)) = fresh_page() else {
+        return false;
+    };
+    let page = page_of(va);
+    // SAFETY: the caller's contract; the destination is a whole unused page.
+    unsafe {
+        copy_page(page as *const u8, dst);
+        hyperlight_guest_bin::paging::map_region(
+            pa,
+            page as *mut u8,
+            PAGE_SIZE,
+            MappingKind::Basic(BasicMapping {
+                readable: true,
+                writable: true,
+                executable,
+            }),
+        );
+        asm!("invlpg [{}]", in(reg) page, options(nostack));
+    }
+    true
+}
+
+/// Copy-on-write with the copy done by user mode, natively (the same copy
+/// in the emulated kernel costs ~0.6 ms): the new page goes in place at
+/// once, the old one appears read-only at the copy window, and user mode
+/// resumes in `hljs_cow_copy`, which copies and then goes back to the
+/// faulting instruction.
+///
+/// # Safety
+/// Kernel mode, handling a user fault at `va` whose frame is on `k`; `leaf`
+/// is the live leaf entry of `va`, a copy-on-write page.
+pub unsafe fn copy_in_user(k: &mut KState, leaf: *mut u64, va: u64) -> bool {
+    let Some(window) = window_leaf(k) else {
+        // SAFETY: the caller's contract.
+        return unsafe { copy_in_kernel(leaf, va) };
+    };
+    // SAFETY: kernel mode: the allocator hands out unused scratch pages.
+    let pa = unsafe { hyperlight_guest::prim_alloc::alloc_phys_pages(1) };
+    let page = page_of(va);
+    // SAFETY: live leaf entries; the fields written are user mode's own (the
+    // copy descriptor and its saved rip).
+    unsafe {
+        let v = leaf.read_volatile();
+        window.write_volatile(pte::read_view(v));
+        asm!("invlpg [{}]", in(reg) COPY_WINDOW, options(nostack));
+        leaf.write_volatile(pte::after_copy(v, pa));
+        asm!("invlpg [{}]", in(reg) page, options(nostack));
+        // A `rep movs` with DF set copies downwards: start at the top.
+        let top = if k.frame[2] & RFLAGS_DF != 0 {
+            PAGE_SIZE - 8
+        } else {
+            0
+        };
+        let c = &raw mut COW_COPY;
+        (&raw mut (*c).src).write_volatile(COPY_WINDOW + top);
+        (&raw mut (*c).dst).write_volatile(page + top);
+        (&raw mut (*c).rip).write_volatile(k.frame[0]);
+        k.frame[0] = hljs_cow_copy as *const () as u64;
+    }
+    true
+}
+
+/// The copy window's leaf entry, found once per snapshot generation (a
+/// restore rebuilds the page tables elsewhere); mapped the first time.
+fn window_leaf(k: &mut KState) -> Option<*mut u64> {
+    let generation = crate::transport::generation();
+    if k.window[0] != 0 && k.window[1] == generation {
+        return Some(k.window[0] as *mut u64);
+    }
+    let leaf = match leaf_entry(k, COPY_WINDOW) {
+        Some(leaf) => leaf,
+        None => {
+            let (pa, _) = fresh_page()?;
+            // SAFETY: kernel mode; nothing is mapped at the window yet.
+            unsafe {
+                hyperlight_guest_bin::paging::map_region(
+                    pa,
+                    COPY_WINDOW as *mut u8,
+                    PAGE_SIZE,
+                    MappingKind::Basic(BasicMapping {
+                        readable: true,
+                        writable: true,
+                        executable: false,
+                    }),
+                )
+            };
+            leaf_entry(k, COPY_WINDOW)?
+        }
+    };
+    // SAFETY: a live leaf entry; the window starts closed.
+    unsafe {
+        leaf.write_volatile(0);
+        asm!("invlpg [{}]", in(reg) COPY_WINDOW, options(nostack));
+    }
+    k.window = [leaf as u64, generation];
+    Some(leaf)
+}
+
+/// Copies one page with a single `rep movsq`: kernel mode is emulated on
+/// kvm-pvm, and the emulator runs a string instruction as one, where the
+/// generic `memcpy` loop costs ~2 000 emulated instructions (~1.6 ms).
+///
+/// # Safety
+/// `src` and `dst` are page-aligned, mapped, and do not overlap.
+unsafe fn copy_page(src: *const u8, dst: *mut u8) {
+    // SAFETY: the caller's contract; DF is clear in our kernel (`cld` at entry).
+    unsafe {
+        asm!(
+            "rep movsq",
+            inout("rcx") PAGE_SIZE / 8 => _,
+            inout("rsi") src => _,
+            inout("rdi") dst => _,
+            options(nostack, preserves_flags)
+        )
+    };
+}
+
+/// What [`hljs_cow_copy`] copies and where it resumes, written by the
+/// kernel; then three registers it saves. User memory: it is user mode's
+/// own copy of its own page. A page of its own, so that it is never the
+/// page being copied.
+#[repr(C, align(4096))]
+pub struct CowCopy {
+    src: u64,
+    dst: u64,
+    rip: u64,
+    saved: [u64; 3],
+}
+
+pub static mut COW_COPY: CowCopy = CowCopy {
+    src: 0,
+    dst: 0,
+    rip: 0,
+    saved: [0; 3],
+};
+
+global_asm!(
+    // User mode's half of a copy-on-write: copy the old page (mapped at
+    // the copy window) into the new one, natively, then resume the
+    // interrupted instruction with every register and flag as it was. No
+    // stack use (the stack page may be the one being copied) and no flag
+    // changes: with DF set the kernel points src/dst at the last qword.
+    ".global hljs_cow_copy",
+    "hljs_cow_copy:",
+    "mov [rip + {c} + 24], rsi",
+    "mov [rip + {c} + 32], rdi",
+    "mov [rip + {c} + 40], rcx",
+    "mov rsi, [rip + {c}]",
+    "mov rdi, [rip + {c} + 8]",
+    "mov ecx, {words}",
+    "rep movsq",
+    "mov rsi, [rip + {c} + 24]",
+    "mov rdi, [rip + {c} + 32]",
+    "mov rcx, [rip + {c} + 40]",
+    "jmp qword ptr [rip + {c} + 16]",
+    c = sym COW_COPY,
+    words = const PAGE_SIZE / 8,
+);
+
+unsafe extern "C" {
+    fn hljs_cow_copy();
+}
