@@ -46,7 +46,10 @@ pub mod guest_fn {
     pub const SCRIBBLE: &str = "Scribble";
     /// `() -> String`: the previous call's kernel entries from user mode, by
     /// kind, one `kind count cycles` line each (TSC cycles spent in the
-    /// kernel's handler). Kinds: see [`crate::KERNEL_ENTRY_KINDS`].
+    /// kernel's handler). Kinds: see [`crate::KERNEL_ENTRY_KINDS`]. Counting
+    /// costs emulated kernel work on every call, so it is off until the first
+    /// query, which turns it on and reports nothing; query once before a
+    /// snapshot for sandboxes restored from it to count.
     pub const KERNEL_STATS: &str = "KernelStats";
 }
 

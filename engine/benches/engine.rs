@@ -274,6 +274,8 @@ fn kernel_entries(n: usize) {
     js.add_handler("echo", ECHO).expect("add");
     js.add_handler("order", ORDER).expect("add");
     let mut sb = js.get_loaded_sandbox().expect("loaded");
+    // The first query turns counting on; the snapshot keeps it on.
+    sb.guest_kernel_stats().expect("stats");
     let snap = sb.snapshot().expect("snapshot");
     let order = order_event();
     println!("Kernel entries per call (guest user mode), medians of {n} calls:");

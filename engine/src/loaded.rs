@@ -396,7 +396,10 @@ impl LoadedJSSandbox {
 
     /// Benchmark hook: the previous call's kernel entries from guest user
     /// mode, per kind (see [`hyperlight_js_abi::KERNEL_ENTRY_KINDS`]), with
-    /// the time the guest kernel's handler spent on them. Empty in kernel mode.
+    /// the time the guest kernel's handler spent on them. Empty in kernel mode,
+    /// and on the first query, which turns counting on (it costs every call
+    /// some emulated kernel work): query once before taking the snapshot
+    /// that the measured sandboxes restore.
     #[doc(hidden)]
     pub fn guest_kernel_stats(&mut self) -> Result<Vec<KernelEntries>> {
         let text: String = self

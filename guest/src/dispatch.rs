@@ -227,7 +227,7 @@ fn call_guest_function(call: FunctionCall) -> CallResult {
         guest_fn::KERNEL_STATS => {
             args.end(&name)?;
             let mut out = String::new();
-            if usermode::in_user() {
+            if usermode::in_user() && usermode::count_entries() {
                 for kind in usermode::Entry::ALL {
                     let (count, cycles) = usermode::last_call_entries(kind);
                     out.push_str(&format!("{} {count} {cycles}\n", kind.name()));

@@ -89,6 +89,9 @@ pub struct KState {
     pub alloc_gva: u64,
     pub alloc_limit: u64,
     pub generation_gva: u64,
+    /// Per-kind counting is on (`SYS_STATS_ON`): off, a call pays nothing
+    /// for it (every CPL0 instruction is emulated here).
+    pub stats_on: bool,
     /// Entries of the current call, per kind.
     pub stats: EntryStats,
     /// Entries of the previous call, per kind.
@@ -116,6 +119,7 @@ pub(super) static mut KPAGE: KState = KState {
     alloc_gva: 0,
     alloc_limit: 0,
     generation_gva: 0,
+    stats_on: false,
     stats: [[0; 2]; ENTRY_KINDS],
     last_stats: [[0; 2]; ENTRY_KINDS],
 };

@@ -54,6 +54,9 @@ pub const SYS_TRAPS: u64 = 1;
 /// System call: one number of the previous call's kernel entries (`rdi` =
 /// 2 × kind + 0 for the count, + 1 for the TSC cycles spent in the handler).
 pub const SYS_STATS: u64 = 2;
+/// System call: turn per-kind counting on (zeroed) if it was off; `rax` = 1
+/// if it was already on.
+pub const SYS_STATS_ON: u64 = 3;
 
 /// Top of the user stack: a region of its own, outside every hyperlight region.
 const USTACK_TOP: u64 = 0xffff_f000_1000_0000;
@@ -154,6 +157,11 @@ pub fn trap_count() -> u64 {
     unsafe { kpage::kpage() }.call_start
 }
 
+/// Turns per-kind counting on; whether it was already on. User mode only.
+pub fn count_entries() -> bool {
+    syscall(SYS_STATS_ON, 0) != 0
+}
+
 /// The previous call's kernel entries of `kind`: their count and the TSC
 /// cycles the kernel's handler spent on them (exception delivery and the
 /// register save of the trap path not included). User mode only.
@@ -168,8 +176,10 @@ pub fn call_begins() {
     // SAFETY: kernel mode, single vCPU, no user run in progress.
     let k = unsafe { kpage::kpage() };
     k.call_start = k.traps;
-    k.last_stats = k.stats;
-    k.stats = [[0; 2]; ENTRY_KINDS];
+    if k.stats_on {
+        k.last_stats = k.stats;
+        k.stats = [[0; 2]; ENTRY_KINDS];
+    }
 }
 
 /// The address of the kernel page, for tests that prove user mode cannot read it.

@@ -6,16 +6,18 @@ use core::arch::asm;
 use super::entry::{STATUS_EXIT, STATUS_FAULT, STATUS_RESUME};
 use super::kpage::{ENTRY_KINDS, Entry, KState, kpage};
 use super::run::{LANDING_ACCESS, LANDING_OTHER, LANDING_STACK, Landing, USER_LANDING};
-use super::{Fault, SYS_EXIT, SYS_STATS, SYS_TRAPS, faults, paging};
+use super::{Fault, SYS_EXIT, SYS_STATS, SYS_STATS_ON, SYS_TRAPS, faults, paging};
 
 /// Kernel side of every user trap; returns a `STATUS_*`. Called by the trap
 /// path in `entry.rs` on the kernel stack, with the user state saved on the
 /// kernel page.
 pub extern "C" fn hljs_user_trap(cr2: u64) -> u64 {
-    let t0 = tsc();
     // SAFETY: kernel mode, on the kernel stack, single vCPU: this is the one
     // reference to the kernel page for the whole trap.
     let k = unsafe { kpage() };
+    // Sampled once: the trap that turns counting on is not counted.
+    let counting = k.stats_on;
+    let t0 = if counting { tsc() } else { 0 };
     k.traps += 1;
     let rip = k.frame[0];
     let vector = k.vector;
@@ -28,9 +30,11 @@ pub extern "C" fn hljs_user_trap(cr2: u64) -> u64 {
         },
         v => (Entry::Fatal, deliver(k, Fault::Other { vector: v, rip })),
     };
-    let s = &mut k.stats[kind as usize];
-    s[0] += 1;
-    s[1] += tsc().wrapping_sub(t0);
+    if counting {
+        let s = &mut k.stats[kind as usize];
+        s[0] += 1;
+        s[1] += tsc().wrapping_sub(t0);
+    }
     status
 }
 
@@ -39,6 +43,15 @@ fn syscall(k: &mut KState, rip: u64) -> u64 {
     let answer = match k.user[0] {
         SYS_EXIT => return STATUS_EXIT,
         SYS_TRAPS => k.call_start,
+        SYS_STATS_ON => {
+            let was_on = k.stats_on;
+            if !was_on {
+                k.stats_on = true;
+                k.stats = [[0; 2]; ENTRY_KINDS];
+                k.last_stats = [[0; 2]; ENTRY_KINDS];
+            }
+            u64::from(was_on)
+        }
         SYS_STATS if (arg as usize) < 2 * ENTRY_KINDS => {
             k.last_stats[arg as usize / 2][arg as usize % 2]
         }
