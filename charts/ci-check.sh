@@ -13,7 +13,7 @@
 #   4. yamllint --strict on the chart's YAML and on the rendered manifests.
 #   5. kubernetes-validate --strict, Kubernetes 1.25 (the chart's floor) and 1.35, on the
 #      rendered manifests (custom resources are shape-checked by the tests instead).
-#   6. hadolint on the Dockerfile.
+#   6. hadolint on the Dockerfile and Dockerfile.runtime.
 #   7. pytest charts/tests, among them test_check_config.py: it builds the worker binary (cargo)
 #      and runs `hyperlight-js-worker check-config` on the worker.toml of every render above.
 #
@@ -123,8 +123,8 @@ kv_args=()
 for v in "${kube_versions[@]}"; do kv_args+=(--kube-version "$v"); done
 "$venv/bin/python" "$charts/tests/validate_manifests.py" "${kv_args[@]}" "${rendered[@]}"
 
-step "hadolint Dockerfile"
-"$venv/bin/hadolint" "$repo/Dockerfile"
+step "hadolint Dockerfile Dockerfile.runtime"
+"$venv/bin/hadolint" "$repo/Dockerfile" "$repo/Dockerfile.runtime"
 echo "clean"
 
 step "pytest charts/tests"

@@ -9,6 +9,9 @@
 #   rabbitmq:4.3   Debian unstable (sid): RabbitMQ 4.3.x; also tagged hljs-rabbitmq:<version>
 #   rabbitmq:3.13  Debian bookworm: RabbitMQ 3.10.8, Debian's 3.x; also tagged hljs-rabbitmq:3.10.8
 #
+# Building the bookworm root also makes the worker's runtime base hljs-runtime-base:bookworm from a
+# copy of it, when that image is missing (scripts/runtime-base.sh).
+#
 # The tags are the ones the tests use on a machine with Docker Hub (HLJS_TEST_BROKER_IMAGE=rabbitmq:4.3
 # or rabbitmq:3.13, the official images). The local "3.13" image is really 3.10, the 3.x that Debian
 # carries; its label org.hljs.rabbitmq.version and its hljs-rabbitmq tag say so.
@@ -28,27 +31,9 @@ log() { echo "broker-images.sh: $(date +%T) $*" >&2; }
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
 
-mirror() {
-  if [ -n "${DEBIAN_MIRROR:-}" ]; then
-    echo "$DEBIAN_MIRROR"
-    return
-  fi
-  local m=""
-  if [ -f /etc/apt/sources.list ]; then
-    # deb [options] URI suite components
-    m="$(sed -nE 's/^deb[[:space:]]+(\[[^]]*\][[:space:]]+)?([a-z]+:\/\/[^[:space:]]+)[[:space:]].*/\2/p' \
-      /etc/apt/sources.list | grep -v -- '-security' | head -n 1 || true)"
-  fi
-  if [ -z "$m" ]; then
-    m="$(cat /etc/apt/sources.list.d/*.sources 2>/dev/null |
-      sed -nE 's/^URIs:[[:space:]]*([^[:space:]]+).*/\1/p' | grep -v -- '-security' | head -n 1 || true)"
-  fi
-  if [ -z "$m" ]; then
-    echo "broker-images.sh: no Debian mirror in the apt sources; set DEBIAN_MIRROR" >&2
-    return 1
-  fi
-  echo "$m"
-}
+# mirror: the Debian mirror (DEBIAN_MIRROR, else the apt sources).
+# shellcheck source=scripts/debian-mirror.sh
+. "$(dirname "$0")/debian-mirror.sh"
 
 have_image() { docker image inspect "$1" >/dev/null 2>&1; }
 
@@ -64,10 +49,16 @@ build() {
   log "$tag: debootstrap $suite from $mirror"
   $sudo rm -rf "$root"
   $sudo mkdir -p "$root"
-  $sudo debootstrap --variant=minbase "$suite" "$root" "$mirror" >"$WORK/$suite.debootstrap.log" 2>&1 || {
+  # ca-certificates: bookworm's root is also the worker's runtime base (below).
+  $sudo debootstrap --variant=minbase --include=ca-certificates "$suite" "$root" "$mirror" \
+    >"$WORK/$suite.debootstrap.log" 2>&1 || {
     tail -n 30 "$WORK/$suite.debootstrap.log" >&2
     return 1
   }
+  if [ "$suite" = bookworm ] && ! have_image hljs-runtime-base:bookworm; then
+    # A copy of the bare root, before RabbitMQ goes in: saves runtime-base.sh its own debootstrap.
+    bash "$(dirname "$0")/runtime-base.sh" "$root"
+  fi
   # Erlang resolves localhost through /etc/hosts (epmd_error ... nxdomain without it).
   $sudo cp /etc/hosts "$root/etc/hosts"
   $sudo cp /etc/resolv.conf "$root/etc/resolv.conf" 2>/dev/null || true

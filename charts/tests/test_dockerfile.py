@@ -1,7 +1,8 @@
 """The Dockerfile, parsed with BuildKit's own parser (the `dockerfile` package): it builds the
 worker the way the workspace needs and its runtime image fits what the chart assumes.
 
-No Docker engine exists on our machines, so the image itself is never built here.
+Dockerfile.runtime (the runtime stage from a prebuilt binary, what CI builds and
+tests/tests/image.rs runs) must give the image the same user, entrypoint, arguments and port.
 """
 
 import re
@@ -12,9 +13,8 @@ import pytest
 from conftest import REPO
 
 
-@pytest.fixture(scope="module")
-def stages():
-    commands = dockerfile.parse_file(str(REPO / "Dockerfile"))
+def parse_stages(path):
+    commands = dockerfile.parse_file(str(path))
     args = {}
     result = []
     for c in commands:
@@ -30,6 +30,11 @@ def stages():
             if result:
                 result[-1]["commands"].append(c)
     return result
+
+
+@pytest.fixture(scope="module")
+def stages():
+    return parse_stages(REPO / "Dockerfile")
 
 
 def run_text(stage):
@@ -83,3 +88,13 @@ def test_dockerignore_keeps_the_workspace():
     for needed in ("Cargo.toml", "Cargo.lock", "src", "*"):
         assert needed not in ignored
     assert ".git" in ignored and "**/target" in ignored
+
+
+def test_dockerfile_runtime_matches_the_runtime_stage(stages):
+    (prebuilt,) = parse_stages(REPO / "Dockerfile.runtime")
+    assert prebuilt["image"] == "hljs-runtime-base:bookworm"
+    assert [c.cmd for c in prebuilt["commands"]].count("RUN") == 0
+    (copy,) = [c for c in prebuilt["commands"] if c.cmd == "COPY"]
+    assert copy.value == ("hyperlight-js-worker", "/usr/local/bin/hyperlight-js-worker")
+    for cmd in ("USER", "ENTRYPOINT", "CMD", "EXPOSE"):
+        assert last(prebuilt, cmd).value == last(stages[-1], cmd).value, cmd

@@ -95,7 +95,8 @@ impl TestBroker {
 
     async fn container(prefix: &str, image: &str) -> TestBroker {
         let (name, tag) = split_image(image);
-        let [amqp, epmd, dist] = free_ports();
+        let ports = free_ports(3);
+        let (amqp, epmd, dist) = (ports[0], ports[1], ports[2]);
         let node = format!("{}@localhost", unique(prefix));
         let started = Instant::now();
         let request = GenericImage::new(name, tag)
@@ -278,28 +279,36 @@ impl Drop for TestBroker {
 }
 
 /// `name:tag` → (name, tag); `latest` without a tag (a `:` in a registry host is no tag).
-fn split_image(image: &str) -> (String, String) {
+pub(crate) fn split_image(image: &str) -> (String, String) {
     match image.rsplit_once(':') {
         Some((name, tag)) if !tag.contains('/') => (name.into(), tag.into()),
         _ => (image.into(), "latest".into()),
     }
 }
 
-/// Three distinct free ports on 127.0.0.1 for AMQP, epmd and Erlang
-/// distribution. The distribution port stays below 55000: RabbitMQ's CLI tools
-/// use the ports from it + 10000 to it + 10010.
-fn free_ports() -> [u16; 3] {
-    for _ in 0..100 {
-        let listeners: Vec<TcpListener> = (0..3)
-            .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a free port on 127.0.0.1"))
-            .collect();
-        let ports: Vec<u16> = listeners
-            .iter()
-            .map(|l| l.local_addr().expect("local address").port())
-            .collect();
-        if ports[2] < 55000 {
-            return [ports[0], ports[1], ports[2]];
+/// `n` distinct free ports on 127.0.0.1, all below 55000: RabbitMQ's CLI
+/// tools use the ports from a node's distribution port + 10000 to + 10010.
+/// (Ports can be taken again between here and the broker's start; a clash
+/// fails the start loudly.)
+pub(crate) fn free_ports(n: usize) -> Vec<u16> {
+    let mut listeners = Vec::new();
+    for _ in 0..100 * n {
+        if listeners.len() == n {
+            break;
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port on 127.0.0.1");
+        if listener.local_addr().expect("local address").port() < 55000 {
+            // Kept bound until all are chosen, so that they differ.
+            listeners.push(listener);
         }
     }
-    panic!("no free port below 55000 on 127.0.0.1 for the broker's Erlang distribution");
+    assert_eq!(
+        listeners.len(),
+        n,
+        "no {n} free ports below 55000 on 127.0.0.1 for brokers' Erlang distribution"
+    );
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("local address").port())
+        .collect()
 }

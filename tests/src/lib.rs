@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -30,7 +30,10 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub mod broker;
+pub mod cluster;
+pub mod image;
 pub use broker::{BROKER_IMAGE_ENV, TestBroker};
+pub use cluster::{FailoverPublisher, QueuePlacement, TestCluster};
 
 /// The broker URL from `AMQP_URL`; panics with instructions when unset.
 pub fn amqp_url() -> String {
@@ -147,6 +150,32 @@ pub fn rabbitmqctl(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `cmd` to completion and returns its output, killing it after
+/// `timeout` (a panic then). Blocks in place: call it from a multi-thread
+/// runtime (or outside one).
+pub fn run_within(mut cmd: Command, timeout: Duration) -> Output {
+    tokio::task::block_in_place(|| {
+        let child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+        let pid = child.id();
+        // The output is read while it runs (a full pipe would stall it).
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(child.wait_with_output()));
+        match rx.recv_timeout(timeout) {
+            Ok(out) => out.expect("the output of a child process"),
+            Err(_) => {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+                panic!("{cmd:?} did not finish within {timeout:?}");
+            }
+        }
+    })
 }
 
 /// A virtual host of its own for one test (deleted on drop), so tests run

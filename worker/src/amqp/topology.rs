@@ -10,6 +10,11 @@
 //! unrun. `x-delivery-limit` (`max_deliveries` + 1 deliveries) is the
 //! broker's backstop should even that delivery crash.
 //! Delay queues (`<key>.delay-<ms>ms`) are declared on first use.
+//!
+//! The dead-letter queue is a quorum queue too: a classic queue lives on one
+//! node of a cluster, and while that node is down declaring it fails on every
+//! other node, so no worker could set up a session anywhere (found by
+//! `tests/tests/cluster.rs`).
 
 use hyperlight_js_config::BrokerConfig;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
@@ -35,6 +40,28 @@ pub fn queue_arguments(broker: &BrokerConfig, max_deliveries: u32) -> FieldTable
     args.insert(
         "x-delivery-limit".into(),
         AMQPValue::LongLongInt(i64::from(max_deliveries)),
+    );
+    args
+}
+
+/// A delivery limit no dead letter reaches: a replay returns the dead letters
+/// it skips by closing its channel, which 4.x counts as a failed delivery, and
+/// 4.x quorum queues default to a limit of 20 (past it, with no dead-letter
+/// exchange of its own, a dead letter would be dropped). `-1` (none) is 4.x
+/// only; this value means the same on 3.x and 4.x.
+const DEAD_LETTER_DELIVERY_LIMIT: i64 = 1 << 30;
+
+/// Arguments of the dead-letter queue: a quorum queue, replicated, with no
+/// delivery limit in practice.
+pub fn dead_letter_queue_arguments() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".to_string().into()),
+    );
+    args.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongLongInt(DEAD_LETTER_DELIVERY_LIMIT),
     );
     args
 }
@@ -65,9 +92,14 @@ pub async fn declare(
         ..QueueDeclareOptions::default()
     };
     channel
-        .queue_declare(dlq.into(), queue_opts, FieldTable::default())
+        .queue_declare(dlq.into(), queue_opts, dead_letter_queue_arguments())
         .await
-        .map_err(|e| topology(format!("dead-letter queue '{dlq}'"), &e))?;
+        .map_err(|e| {
+            topology(
+                format!("dead-letter queue '{dlq}' (a durable quorum queue)"),
+                &e,
+            )
+        })?;
     channel
         .queue_bind(
             dlq.into(),
