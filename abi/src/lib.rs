@@ -26,11 +26,14 @@ pub mod guest_fn {
     /// `(name: String) -> String`: compiles and evaluates the stored module
     /// `name` (canonical) and what it imports.
     pub const LOAD_MODULE: &str = "LoadModule";
-    /// `(key: String, event_json: String, context_json: String, gc: bool, seed: u64, now_micros: u64, tsc_hz: u64) -> String`:
+    /// `(key: String, event_json: String, context_json: String, gc: bool, seed: u64, now_micros: u64, tsc_hz: u64, working_set: String, record: bool) -> String`:
     /// runs a handler as `handler(event, ctx)`; an empty `context_json` means no
     /// context (`ctx` is `undefined`). A non-zero `seed` reseeds `Math.random`
     /// first; `now_micros` and `tsc_hz` (0 if unknown) give the guest clock its
-    /// time base.
+    /// time base. `working_set` (from [`WORKING_SET`] after an earlier call
+    /// from the same snapshot, passed back as it came) is
+    /// replayed before the call in one kernel entry; `record` has the guest
+    /// kernel record this call's, for the next [`WORKING_SET`].
     pub const CALL_HANDLER: &str = "CallHandler";
     /// `(addr: u64) -> String`: test hook, reads a byte at `addr` in the mode
     /// handlers run in (0: the guest's own data, 1: the user-mode kernel page;
@@ -44,6 +47,12 @@ pub mod guest_fn {
     /// the transport arena (`static=0|1 heap=0|1 stack=0|1 arena=0|1 wrote=…`),
     /// then writes the marker of `write` to the first three.
     pub const SCRIBBLE: &str = "Scribble";
+    /// `() -> String`: the working set the previous call recorded (see
+    /// [`CALL_HANDLER`]): the pages the guest kernel opened or copied for it
+    /// in user mode, entries of `hyperlight_js_guest_mm::working_set` as 16
+    /// hex digits each (a string: byte parameters would take the transport
+    /// a buffer more than the call has); empty if it recorded none.
+    pub const WORKING_SET: &str = "WorkingSet";
     /// `() -> String`: the previous call's kernel entries from user mode, by
     /// kind, one `kind count cycles` line each (TSC cycles spent in the
     /// kernel's handler). Kinds: see [`crate::KERNEL_ENTRY_KINDS`]. Counting

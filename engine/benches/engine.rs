@@ -283,7 +283,18 @@ fn kernel_entries(n: usize) {
     println!("| handler | kind | warm: count | after a restore: count | handler µs per entry |");
     println!("|---|---|---|---|---|");
     let mut summary = Vec::new();
-    for (key, event) in [("echo", EVENT), ("order", order.as_str())] {
+    for (key, event, replay) in [
+        ("echo", EVENT, false),
+        ("echo", EVENT, true),
+        ("order", order.as_str(), false),
+        ("order", order.as_str(), true),
+    ] {
+        sb.replay_working_sets(replay);
+        let key_label = if replay {
+            format!("{key}, working set replayed")
+        } else {
+            key.to_string()
+        };
         let kinds = hyperlight_js_abi::KERNEL_ENTRY_KINDS;
         let mut warm_counts = vec![Vec::new(); kinds.len()];
         let mut cold_counts = vec![Vec::new(); kinds.len()];
@@ -327,10 +338,17 @@ fn kernel_entries(n: usize) {
             warm_entries += w;
             cold_entries += c;
             handler_ms += c * us / 1e3;
-            println!("| {key} | {kind} | {w} | {c} | {us:.1} |");
+            println!("| {key_label} | {kind} | {w} | {c} | {us:.1} |");
         }
         let (warm, cold) = (Stats(sorted(warm_t)).p50(), Stats(sorted(cold_t)).p50());
-        summary.push((key, warm, cold, warm_entries, cold_entries, handler_ms));
+        summary.push((
+            key_label,
+            warm,
+            cold,
+            warm_entries,
+            cold_entries,
+            handler_ms,
+        ));
     }
     println!();
     println!(

@@ -19,7 +19,7 @@ use crate::host_functions::{self, HostRegistry};
 use crate::interrupt::InterruptHandle;
 use crate::js_sandbox::{JSSandbox, check_key};
 use crate::monitor::{Limits, Monitors, ThreadCpuClock};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Snapshot, WorkingSet};
 
 /// What every state of one sandbox lineage shares.
 pub(crate) struct Shared {
@@ -119,6 +119,11 @@ pub struct LoadedJSSandbox {
     faulted: bool,
     /// Boxed: keeps `TransitionError<LoadedJSSandbox>` small.
     last_call_stats: Option<Box<CallStats>>,
+    /// The working set of the snapshot last restored, until the first call
+    /// after that restore (which replays it, or records it).
+    after_restore: Option<Arc<WorkingSet>>,
+    /// Replay working sets (see [`Self::replay_working_sets`]).
+    replay: bool,
 }
 
 impl std::fmt::Debug for LoadedJSSandbox {
@@ -145,6 +150,8 @@ impl LoadedJSSandbox {
             reseed: true,
             faulted: false,
             last_call_stats: None,
+            after_restore: None,
+            replay: true,
         }
     }
 
@@ -164,6 +171,7 @@ impl LoadedJSSandbox {
             .map_err(error_map::from_hyperlight)?;
         let mut loaded = Self::new(Box::new(sandbox), shared, BTreeSet::new());
         loaded.handlers = snapshot.handlers.clone();
+        loaded.after_restore = Some(snapshot.working_set.clone());
         Ok(loaded)
     }
 
@@ -209,6 +217,12 @@ impl LoadedJSSandbox {
         serde_json::from_str::<IgnoredAny>(event).map_err(|e| Error::InvalidJson(e.to_string()))?;
 
         let seed = if self.reseed { fresh_seed() } else { 0 };
+        let working_set = self.after_restore.take().filter(|_| self.replay);
+        let (pages, record) = match working_set.as_deref().map(WorkingSet::get) {
+            Some(Some(pages)) => (pages.to_owned(), false),
+            Some(None) => (String::new(), true),
+            None => (String::new(), false),
+        };
         let cpu_clock = ThreadCpuClock::current().map_err(|e| {
             Error::Internal(format!("cannot read the vCPU thread's CPU clock: {e}"))
         })?;
@@ -236,6 +250,8 @@ impl LoadedJSSandbox {
                 seed,
                 crate::clock::now_micros(),
                 crate::clock::tsc_hz(),
+                pages,
+                record,
             ),
         );
         let wall_clock = wall_start.elapsed();
@@ -254,10 +270,14 @@ impl LoadedJSSandbox {
         match result {
             Ok(frame) => {
                 self.reseed = false;
-                let json = error_map::reply_checked(key, frame).map_err(|(e, fatal)| {
+                let reply = error_map::reply_checked(key, frame).map_err(|(e, fatal)| {
                     self.faulted |= fatal;
                     e
-                })?;
+                });
+                if let (Some(ws), true, false) = (&working_set, record, self.faulted) {
+                    self.learn_working_set(ws);
+                }
+                let json = reply?;
                 let limit = self.shared.config.output_buffer_size as usize;
                 if json.len() > limit {
                     return Err(Error::OutputTooLarge(format!(
@@ -289,6 +309,7 @@ impl LoadedJSSandbox {
             hl,
             handlers: self.handlers.clone(),
             shared: self.shared.clone(),
+            working_set: Arc::default(),
         })
     }
 
@@ -306,7 +327,24 @@ impl LoadedJSSandbox {
         self.handlers = snapshot.handlers.clone();
         self.reseed = true;
         self.faulted = false;
+        self.after_restore = Some(snapshot.working_set.clone());
         Ok(())
+    }
+
+    /// Asks the guest for the working set the call just made recorded, and
+    /// keeps it for later restores of the same snapshot. Best effort: without
+    /// it, calls only start slower.
+    fn learn_working_set(&mut self, ws: &WorkingSet) {
+        match self.sandbox.call::<String>(guest_fn::WORKING_SET, ()) {
+            Ok(pages) => {
+                tracing::debug!(
+                    pages = pages.len() / 16,
+                    "learned the snapshot's working set"
+                );
+                ws.learn(pages);
+            }
+            Err(e) => tracing::debug!(error = %e, "no working set learned"),
+        }
     }
 
     /// Drops every handler and all JavaScript state, back to a fresh runtime.
@@ -320,6 +358,21 @@ impl LoadedJSSandbox {
                 Err(TransitionError { error, state: self })
             }
         }
+    }
+
+    #[doc(hidden)]
+    pub fn last_working_set(&mut self) -> Result<String> {
+        self.sandbox
+            .call::<String>(guest_fn::WORKING_SET, ())
+            .map_err(error_map::from_hyperlight)
+    }
+
+    /// Benchmark hook: whether the first call after a restore replays the
+    /// snapshot's working set (on by default; off, every page the call needs
+    /// costs its own fault, the baseline the benchmark compares with).
+    #[doc(hidden)]
+    pub fn replay_working_sets(&mut self, on: bool) {
+        self.replay = on;
     }
 
     /// What the last `call_handler` cost and what stopped it: set after every

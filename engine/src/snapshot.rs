@@ -1,7 +1,7 @@
 //! `Snapshot`: a point-in-time copy of a loaded sandbox.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use hyperlight_host::sandbox::snapshot::Snapshot as HlSnapshot;
 
@@ -16,6 +16,43 @@ pub struct Snapshot {
     pub(crate) hl: Arc<HlSnapshot>,
     pub(crate) handlers: Arc<BTreeSet<String>>,
     pub(crate) shared: Arc<Shared>,
+    /// Learned from the first call after a restore of this snapshot, shared
+    /// by its clones and by every sandbox restored from it.
+    pub(crate) working_set: Arc<WorkingSet>,
+}
+
+/// The pages a call after a restore of one snapshot needed opened or copied
+/// (guest user mode), as the guest reports them: recorded in the first such
+/// call, then passed with the first call after every later restore, so that
+/// the guest kernel serves them in one entry instead of one fault each. The
+/// guest checks every entry as the fault it stands for: the list only ever
+/// changes how fast a call starts, never what it sees (every page still
+/// holds the snapshot's content).
+#[derive(Debug, Default)]
+pub(crate) struct WorkingSet(OnceLock<String>);
+
+impl WorkingSet {
+    /// The list to replay, or `None` while none is learned.
+    pub(crate) fn get(&self) -> Option<&str> {
+        self.0.get().map(String::as_str)
+    }
+
+    /// Keeps the first list learned; later ones are dropped.
+    pub(crate) fn learn(&self, pages: String) {
+        let _ = self.0.set(pages);
+    }
+}
+
+impl Snapshot {
+    /// Test hook: sets the working set the next restores replay (entries of
+    /// `hyperlight_js_guest_mm::working_set`), as if a call had recorded it;
+    /// `false` if one is set already. The guest checks every entry, so tests
+    /// use this to replay lists no call would record.
+    #[doc(hidden)]
+    pub fn set_working_set(&self, entries: &[u64]) -> bool {
+        let text: String = entries.iter().map(|e| format!("{e:016x}")).collect();
+        self.working_set.0.set(text).is_ok()
+    }
 }
 
 impl std::fmt::Debug for Snapshot {

@@ -13,6 +13,7 @@
 pub mod fault;
 pub mod pte;
 pub mod regions;
+pub mod working_set;
 
 pub use fault::{Decision, FaultKind, PageFault, decide};
 pub use regions::UserRegions;

@@ -190,7 +190,17 @@ fn call_guest_function(call: FunctionCall) -> CallResult {
             ReturnValue::String(exports::load_module(module))
         }
         guest_fn::CALL_HANDLER => {
-            let (Some(key), Some(event), Some(context), Some(gc), Some(seed), Some(now), Some(hz)) = (
+            let (
+                Some(key),
+                Some(event),
+                Some(context),
+                Some(gc),
+                Some(seed),
+                Some(now),
+                Some(hz),
+                Some(pages),
+                Some(record),
+            ) = (
                 args.string(),
                 args.string(),
                 args.string(),
@@ -198,10 +208,26 @@ fn call_guest_function(call: FunctionCall) -> CallResult {
                 args.u64(),
                 args.u64(),
                 args.u64(),
-            ) else {
+                args.string(),
+                args.bool(),
+            )
+            else {
                 return Err(mismatch(&name));
             };
             args.end(&name)?;
+            // As early as the list can be had: every fault before this point
+            // is paid one by one.
+            let list: Vec<u64> = pages
+                .as_bytes()
+                .chunks_exact(16)
+                .filter_map(|c| core::str::from_utf8(c).ok())
+                .filter_map(|c| u64::from_str_radix(c, 16).ok())
+                .collect();
+            drop(pages);
+            usermode::replay_list(&list);
+            if record {
+                usermode::record_from_here();
+            }
             ReturnValue::String(exports::call_handler(
                 key, event, context, gc, seed, now, hz,
             ))
@@ -223,6 +249,14 @@ fn call_guest_function(call: FunctionCall) -> CallResult {
             };
             args.end(&name)?;
             ReturnValue::String(exports::scribble(write, seek))
+        }
+        guest_fn::WORKING_SET => {
+            args.end(&name)?;
+            let mut out = String::new();
+            for entry in usermode::recorded() {
+                out.push_str(&format!("{entry:016x}"));
+            }
+            ReturnValue::String(out)
         }
         guest_fn::KERNEL_STATS => {
             args.end(&name)?;

@@ -8,7 +8,8 @@ use core::arch::global_asm;
 
 use super::kpage::{
     K_ALLOC_GVA, K_ALLOC_LIMIT, K_COPIED, K_ERR, K_FRAME, K_GENERATION_GVA, K_HEAP, K_OPENED,
-    K_RSP, K_SCRATCH_DELTA, K_SCRATCH_GPA, K_TRAPS, K_USER, K_VECTOR, K_WINDOW,
+    K_RSP, K_SCRATCH_DELTA, K_SCRATCH_GPA, K_TRAPS, K_USER, K_VECTOR, K_WINDOW, K_WS, K_WS_LEN,
+    K_WS_ON,
 };
 
 pub const SEL_KDATA: u64 = 0x10;
@@ -23,6 +24,21 @@ pub const STATUS_EXIT: u64 = 1;
 pub const STATUS_FAULT: u64 = 2;
 
 global_asm!(
+    // Appends the working-set entry in `entry` to the kernel page's record
+    // while recording is on (`SYS_WS_RECORD`); clobbers `tmp` and `base`.
+    ".macro hljs_ws_record entry, tmp, base",
+    "cmp byte ptr [rip + {kpage} + {k_ws_on}], 0",
+    "je 1f",
+    "mov \\tmp, [rip + {kpage} + {k_ws_len}]",
+    "cmp \\tmp, {ws_max}",
+    "jae 1f",
+    "lea \\base, [rip + {kpage}]",
+    "mov [\\base + \\tmp * 8 + {k_ws}], \\entry",
+    "inc \\tmp",
+    "mov [\\base + {k_ws_len}], \\tmp",
+    "1:",
+    ".endm",
+
     // hljs_enter_user(entry: rdi, user_rsp: rsi, arg: rdx) -> status
     ".global hljs_enter_user",
     "hljs_enter_user:",
@@ -168,6 +184,9 @@ global_asm!(
     "or rcx, 4",
     "mov [rdx], rcx",
     "inc qword ptr [rip + {kpage} + {k_opened}]",
+    "mov rcx, rax",
+    "and rcx, -4096",
+    "hljs_ws_record rcx, rsi, r8",
     "jmp 9f",
     // Copy-on-write, as `paging::copy_in_user` does it.
     "6:",
@@ -216,6 +235,10 @@ global_asm!(
     "lea r9, [rip + hljs_cow_copy]",
     "mov [rsp + 56], r9",
     "inc qword ptr [rip + {kpage} + {k_copied}]",
+    "mov rcx, rax",
+    "and rcx, -4096",
+    "or rcx, {ws_copied}",
+    "hljs_ws_record rcx, rsi, r8",
     "9:",
     "inc qword ptr [rip + {kpage} + {k_traps}]",
     "pop r9", "pop r8", "pop rsi", "pop rdx", "pop rcx", "pop rax",
@@ -314,6 +337,11 @@ global_asm!(
     "pop r15", "pop r14", "pop r13", "pop r12", "pop rbp", "pop rbx",
     "ret",
     kpage = sym super::kpage::KPAGE,
+    k_ws_on = const K_WS_ON,
+    k_ws_len = const K_WS_LEN,
+    k_ws = const K_WS,
+    ws_max = const hyperlight_js_guest_mm::working_set::MAX_PAGES,
+    ws_copied = const hyperlight_js_guest_mm::working_set::COPIED,
     k_rsp = const K_RSP,
     k_user = const K_USER,
     k_vector = const K_VECTOR,

@@ -5,7 +5,7 @@ use hyperlight_js_guest_mm::fault::{Decision, FaultKind, PageFault, decide, deci
 use hyperlight_js_guest_mm::{PAGE_SIZE, UserRegions};
 
 use super::kpage::{Entry, KState, kpage_addr};
-use super::{Fault, USTACK_TOP, paging};
+use super::{Fault, USTACK_TOP, paging, working_set};
 
 /// The regions open to user mode, from the kernel page.
 pub fn regions(k: &KState) -> UserRegions {
@@ -36,7 +36,11 @@ pub fn user_page_fault(k: &mut KState, addr: u64) -> Result<Entry, Fault> {
     };
     // SAFETY: a live leaf entry.
     let v = leaf.map(|e| unsafe { e.read_volatile() });
-    match decide(fault, &regions, k.heap, v, || paging::recorded(addr)) {
+    let decision = decide(fault, &regions, k.heap, v, || paging::recorded(addr));
+    if matches!(decision, Decision::Open | Decision::CopyOnWrite) {
+        working_set::record(k, addr, decision);
+    }
+    match decision {
         Decision::Open => Ok(Entry::Open),
         Decision::CopyOnWrite => {
             let leaf = leaf.ok_or(access)?;

@@ -2,6 +2,8 @@
 
 use core::mem::offset_of;
 
+use hyperlight_js_guest_mm::working_set::MAX_PAGES;
+
 use super::Fault;
 
 /// Kinds of kernel entry from user mode, counted separately.
@@ -96,6 +98,12 @@ pub struct KState {
     pub stats: EntryStats,
     /// Entries of the previous call, per kind.
     pub last_stats: EntryStats,
+    /// Recording the pages opened and copied for user mode (`SYS_WS_RECORD`).
+    pub ws_on: bool,
+    /// The recorded working set: `ws_len` entries of
+    /// `hyperlight_js_guest_mm::working_set`.
+    pub ws_len: u64,
+    pub ws: [u64; MAX_PAGES],
 }
 const _: () = assert!(core::mem::size_of::<KState>() == 4096);
 
@@ -122,6 +130,9 @@ pub(super) static mut KPAGE: KState = KState {
     stats_on: false,
     stats: [[0; 2]; ENTRY_KINDS],
     last_stats: [[0; 2]; ENTRY_KINDS],
+    ws_on: false,
+    ws_len: 0,
+    ws: [0; MAX_PAGES],
 };
 
 /// The kernel page, the one way to reach it from Rust (the trap path's
@@ -158,3 +169,6 @@ pub const K_WINDOW: usize = offset_of!(KState, window);
 pub const K_GENERATION_GVA: usize = offset_of!(KState, generation_gva);
 pub const K_ALLOC_GVA: usize = offset_of!(KState, alloc_gva);
 pub const K_ALLOC_LIMIT: usize = offset_of!(KState, alloc_limit);
+pub const K_WS_ON: usize = offset_of!(KState, ws_on);
+pub const K_WS_LEN: usize = offset_of!(KState, ws_len);
+pub const K_WS: usize = offset_of!(KState, ws);

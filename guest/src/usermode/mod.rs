@@ -29,7 +29,8 @@
 //! assembly), `traps` (what the kernel does for a user trap), `faults` and
 //! `paging` (page faults and page-table work, with the rules themselves in
 //! the pure `hyperlight_js_guest_mm` crate), `run` (running code in user
-//! mode, landings).
+//! mode, landings), `working_set` (a call's pages, recorded and replayed in
+//! one kernel entry).
 
 mod descriptors;
 mod entry;
@@ -38,6 +39,7 @@ mod kpage;
 mod paging;
 mod run;
 mod traps;
+mod working_set;
 
 use core::arch::asm;
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -46,6 +48,7 @@ use hyperlight_js_guest_mm::PAGE_SIZE;
 
 pub use kpage::{ENTRY_KINDS, Entry};
 pub use run::run;
+pub use working_set::{record_from_here, recorded, replay_list};
 
 /// System call: leave user mode (the job is done).
 pub const SYS_EXIT: u64 = 0;
@@ -57,6 +60,14 @@ pub const SYS_STATS: u64 = 2;
 /// System call: turn per-kind counting on (zeroed) if it was off; `rax` = 1
 /// if it was already on.
 pub const SYS_STATS_ON: u64 = 3;
+
+/// System call: record the call's working set from here on
+/// (`usermode::working_set`).
+pub const SYS_WS_RECORD: u64 = 4;
+/// System call: copy the previous call's working set into the list buffer; `rax` = its length.
+pub const SYS_WS_COPY: u64 = 5;
+/// System call: replay entries `rdi..rsi` of the list buffer; `rax` = where it stopped.
+pub const SYS_WS_REPLAY: u64 = 6;
 
 /// Top of the user stack: a region of its own, outside every hyperlight region.
 const USTACK_TOP: u64 = 0xffff_f000_1000_0000;
@@ -176,6 +187,7 @@ pub fn call_begins() {
     // SAFETY: kernel mode, single vCPU, no user run in progress.
     let k = unsafe { kpage::kpage() };
     k.call_start = k.traps;
+    k.ws_on = false;
     if k.stats_on {
         k.last_stats = k.stats;
         k.stats = [[0; 2]; ENTRY_KINDS];

@@ -101,6 +101,29 @@ fn fresh_page() -> Option<(u64, *mut u8)> {
     hyperlight_guest_bin::paging::phys_to_virt(pa).map(|p| (pa, p))
 }
 
+/// A fresh physical page, taken the way the fault fast path takes one
+/// (`entry.rs`), if at least `reserve` more pages stay free after it.
+pub fn take_page(k: &KState, reserve: u64) -> Option<u64> {
+    let counter = k.alloc_gva as *mut u64;
+    let pa: u64;
+    // SAFETY: kernel mode; `alloc_gva` is hyperlight's allocator counter,
+    // which hands out pages by adding to it.
+    unsafe {
+        asm!("lock xadd [{c}], {x}", c = in(reg) counter, x = inout(reg) PAGE_SIZE => pa, options(nostack))
+    };
+    let fits = pa
+        .checked_add(PAGE_SIZE * (1 + reserve))
+        .is_some_and(|end| end <= k.alloc_limit);
+    if !fits {
+        // SAFETY: as above; gives the page back.
+        unsafe {
+            asm!("lock sub qword ptr [{c}], {p}", c = in(reg) counter, p = in(reg) PAGE_SIZE, options(nostack))
+        };
+        return None;
+    }
+    Some(pa)
+}
+
 /// Maps a fresh zeroed page at the page of `va`, which was not present.
 /// `false` (nothing mapped) when the page cannot be had.
 ///
@@ -221,7 +244,7 @@ pub unsafe fn copy_in_user(k: &mut KState, leaf: *mut u64, va: u64) -> bool {
 
 /// The copy window's leaf entry, found once per snapshot generation (a
 /// restore rebuilds the page tables elsewhere); mapped the first time.
-fn window_leaf(k: &mut KState) -> Option<*mut u64> {
+pub fn window_leaf(k: &mut KState) -> Option<*mut u64> {
     let generation = crate::transport::generation();
     if k.window[0] != 0 && k.window[1] == generation {
         return Some(k.window[0] as *mut u64);
