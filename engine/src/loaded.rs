@@ -218,8 +218,8 @@ impl LoadedJSSandbox {
 
         let seed = if self.reseed { fresh_seed() } else { 0 };
         let working_set = self.after_restore.take().filter(|_| self.replay);
-        let (pages, record) = match working_set.as_deref().map(WorkingSet::get) {
-            Some(Some(pages)) => (pages.to_owned(), false),
+        let (pages, record) = match working_set.as_deref().map(|ws| ws.get(key)) {
+            Some(Some(pages)) => (pages.to_string(), false),
             Some(None) => (String::new(), true),
             None => (String::new(), false),
         };
@@ -275,7 +275,7 @@ impl LoadedJSSandbox {
                     e
                 });
                 if let (Some(ws), true, false) = (&working_set, record, self.faulted) {
-                    self.learn_working_set(ws);
+                    self.learn_working_set(ws, key);
                 }
                 let json = reply?;
                 let limit = self.shared.config.output_buffer_size as usize;
@@ -334,14 +334,14 @@ impl LoadedJSSandbox {
     /// Asks the guest for the working set the call just made recorded, and
     /// keeps it for later restores of the same snapshot. Best effort: without
     /// it, calls only start slower.
-    fn learn_working_set(&mut self, ws: &WorkingSet) {
+    fn learn_working_set(&mut self, ws: &WorkingSet, key: &str) {
         match self.sandbox.call::<String>(guest_fn::WORKING_SET, ()) {
             Ok(pages) => {
                 tracing::debug!(
                     pages = pages.len() / 16,
                     "learned the snapshot's working set"
                 );
-                ws.learn(pages);
+                ws.learn(key, pages);
             }
             Err(e) => tracing::debug!(error = %e, "no working set learned"),
         }

@@ -1,7 +1,8 @@
 //! `Snapshot`: a point-in-time copy of a loaded sandbox.
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use hyperlight_host::sandbox::snapshot::Snapshot as HlSnapshot;
 
@@ -22,36 +23,43 @@ pub struct Snapshot {
 }
 
 /// The pages a call after a restore of one snapshot needed opened or copied
-/// (guest user mode), as the guest reports them: recorded in the first such
-/// call, then passed with the first call after every later restore, so that
-/// the guest kernel serves them in one entry instead of one fault each. The
-/// guest checks every entry as the fault it stands for: the list only ever
-/// changes how fast a call starts, never what it sees (every page still
-/// holds the snapshot's content).
+/// (guest user mode), per handler key, as the guest reports them: recorded
+/// in the first such call of a key, then passed with the first call of that
+/// key after every later restore, so that the guest kernel serves them in
+/// one entry instead of one fault each. The guest checks every entry as the
+/// fault it stands for: the list only ever changes how fast a call starts,
+/// never what it sees (every page still holds the snapshot's content).
 #[derive(Debug, Default)]
-pub(crate) struct WorkingSet(OnceLock<String>);
+pub(crate) struct WorkingSet(Mutex<HashMap<String, Arc<str>>>);
 
 impl WorkingSet {
-    /// The list to replay, or `None` while none is learned.
-    pub(crate) fn get(&self) -> Option<&str> {
-        self.0.get().map(String::as_str)
+    /// The list to replay for `key`, or `None` while none is learned.
+    pub(crate) fn get(&self, key: &str) -> Option<Arc<str>> {
+        self.0.lock().ok()?.get(key).cloned()
     }
 
-    /// Keeps the first list learned; later ones are dropped.
-    pub(crate) fn learn(&self, pages: String) {
-        let _ = self.0.set(pages);
+    /// Keeps the first list learned for `key`; later ones are dropped.
+    pub(crate) fn learn(&self, key: &str, pages: String) -> bool {
+        let Ok(mut sets) = self.0.lock() else {
+            return false;
+        };
+        if sets.contains_key(key) {
+            return false;
+        }
+        sets.insert(key.to_owned(), pages.into());
+        true
     }
 }
 
 impl Snapshot {
-    /// Test hook: sets the working set the next restores replay (entries of
-    /// `hyperlight_js_guest_mm::working_set`), as if a call had recorded it;
-    /// `false` if one is set already. The guest checks every entry, so tests
-    /// use this to replay lists no call would record.
+    /// Test hook: sets the working set that calls of `key` replay after a
+    /// restore (entries of `hyperlight_js_guest_mm::working_set`), as if a
+    /// call had recorded it; `false` if one is set already. The guest checks
+    /// every entry, so tests use this to replay lists no call would record.
     #[doc(hidden)]
-    pub fn set_working_set(&self, entries: &[u64]) -> bool {
+    pub fn set_working_set(&self, key: &str, entries: &[u64]) -> bool {
         let text: String = entries.iter().map(|e| format!("{e:016x}")).collect();
-        self.working_set.0.set(text).is_ok()
+        self.working_set.learn(key, text)
     }
 }
 

@@ -140,7 +140,10 @@ fn a_working_set_no_call_would_record_opens_nothing_a_fault_would_not() {
     for page in closed.into_iter().chain(window) {
         list.extend([page, page | COPIED, page | COPIED | PENDING]);
     }
-    assert!(snap.set_working_set(&list), "a working set was already set");
+    assert!(
+        snap.set_working_set("order", &list),
+        "a working set was already set"
+    );
     for _ in 0..2 {
         sb.restore(&snap).unwrap();
         let r = sb.call_handler("order", &order(7), &opts).unwrap();

@@ -2,13 +2,16 @@
 //! replayed at the start of a later call from the same snapshot in one kernel
 //! entry instead of one fault each.
 //!
-//! Replaying an entry is deciding the fault it stands for: [`replay`] makes
-//! the [`PageFault`] that user mode would raise, and the kernel acts on the
-//! [`crate::decide`] of it, and only when that is `Open` or `CopyOnWrite`.
-//! So a list, however hostile, gains user mode nothing a fault would not.
+//! Replaying an entry is serving the fault it stands for: [`replay`] makes
+//! the [`PageFault`] that user mode would raise. The kernel's replay loop
+//! (assembly, `guest/src/usermode/working_set.rs`) serves it only where the
+//! fault fast path would, by the same rules, which give a subset of what
+//! [`crate::decide`] gives that fault (`Open` or `CopyOnWrite`), and skips
+//! anything else. So a list, however hostile, gains user mode nothing a
+//! fault would not.
 
 use crate::fault::{Decision, PageFault};
-use crate::{PAGE_SIZE, page_of};
+use crate::page_of;
 
 /// Entry flag: the kernel copied the page (a write, or a read in the heap),
 /// so the replay is a write.
@@ -38,16 +41,6 @@ pub const fn replay(entry: u64) -> PageFault {
     PageFault {
         addr: page_of(entry),
         err: PRESENT | USER | if entry & COPIED != 0 { WRITE } else { 0 },
-    }
-}
-
-/// Where user mode finds the old content of the `slot`-th page a replay
-/// copies, in a window of `slots` pages at `window`; `None` past the end.
-pub const fn window_slot(window: u64, slots: u64, slot: u64) -> Option<u64> {
-    if slot < slots {
-        Some(window + slot * PAGE_SIZE)
-    } else {
-        None
     }
 }
 
@@ -111,13 +104,5 @@ mod tests {
             replayed(0x40_0000 | COPIED, 0x7000 | PRESENT | RW),
             Decision::Open
         );
-    }
-
-    #[test]
-    fn window_slots_stay_inside_the_window() {
-        let w = 0xffff_f000_2000_0000;
-        assert_eq!(window_slot(w, 4, 0), Some(w));
-        assert_eq!(window_slot(w, 4, 3), Some(w + 3 * PAGE_SIZE));
-        assert_eq!(window_slot(w, 4, 4), None);
     }
 }

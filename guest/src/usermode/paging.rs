@@ -27,9 +27,10 @@ fn entry_in(k: &KState, table: u64, va: u64, level: u32) -> Option<*mut u64> {
     Some(unsafe { t.add(pte::index(va, level)) })
 }
 
-/// The leaf entry for `va`, present or not, with the user bit set on the
-/// levels above it; `None` if a level above is missing or a large page.
-pub fn leaf_entry(k: &KState, va: u64) -> Option<*mut u64> {
+/// The entry that points at the leaf table of `va`, with the user bit set
+/// on the levels above the leaves; `None` if a level above is missing or a
+/// large page. Every page in the same 2 MiB shares it.
+pub fn leaf_table(k: &KState, va: u64) -> Option<u64> {
     let cr3: u64;
     // SAFETY: reading CR3 in kernel mode.
     unsafe { asm!("mov {}, cr3", out(reg) cr3, options(nomem, nostack)) };
@@ -48,13 +49,28 @@ pub fn leaf_entry(k: &KState, va: u64) -> Option<*mut u64> {
         }
         table = v;
     }
+    Some(table)
+}
+
+/// The leaf entry of `va` in the leaf table `table` (from [`leaf_table`]).
+pub fn leaf_in(k: &KState, table: u64, va: u64) -> Option<*mut u64> {
     entry_in(k, table, va, LEVELS - 1)
+}
+
+/// The leaf entry for `va`, present or not, with the user bit set on the
+/// levels above it; `None` if a level above is missing or a large page.
+pub fn leaf_entry(k: &KState, va: u64) -> Option<*mut u64> {
+    leaf_in(k, leaf_table(k, va)?, va)
 }
 
 /// Walks the tables for `va`, setting the user bit on every level. Returns
 /// the leaf entry, or `None` if some level is not present.
 pub fn open_walk(k: &KState, va: u64) -> Option<*mut u64> {
-    let e = leaf_entry(k, va)?;
+    open_leaf(leaf_entry(k, va)?)
+}
+
+/// Sets the user bit on the leaf entry `e` if it is present; `None` if not.
+pub fn open_leaf(e: *mut u64) -> Option<*mut u64> {
     // SAFETY: `e` points into a live page table in scratch memory.
     let v = unsafe { e.read_volatile() };
     if v & PRESENT == 0 {
@@ -99,29 +115,6 @@ fn fresh_page() -> Option<(u64, *mut u8)> {
     // SAFETY: kernel mode; the allocator hands out unused scratch pages.
     let pa = unsafe { hyperlight_guest::prim_alloc::alloc_phys_pages(1) };
     hyperlight_guest_bin::paging::phys_to_virt(pa).map(|p| (pa, p))
-}
-
-/// A fresh physical page, taken the way the fault fast path takes one
-/// (`entry.rs`), if at least `reserve` more pages stay free after it.
-pub fn take_page(k: &KState, reserve: u64) -> Option<u64> {
-    let counter = k.alloc_gva as *mut u64;
-    let pa: u64;
-    // SAFETY: kernel mode; `alloc_gva` is hyperlight's allocator counter,
-    // which hands out pages by adding to it.
-    unsafe {
-        asm!("lock xadd [{c}], {x}", c = in(reg) counter, x = inout(reg) PAGE_SIZE => pa, options(nostack))
-    };
-    let fits = pa
-        .checked_add(PAGE_SIZE * (1 + reserve))
-        .is_some_and(|end| end <= k.alloc_limit);
-    if !fits {
-        // SAFETY: as above; gives the page back.
-        unsafe {
-            asm!("lock sub qword ptr [{c}], {p}", c = in(reg) counter, p = in(reg) PAGE_SIZE, options(nostack))
-        };
-        return None;
-    }
-    Some(pa)
 }
 
 /// Maps a fresh zeroed page at the page of `va`, which was not present.
