@@ -327,7 +327,7 @@ pub async fn watch(mut hangup: Signal, mut reloader: Reloader, stop: Cancellatio
         );
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = reloader.reload() => {}
+            _ = reloader.reload().instrument(info_span!("reload")) => {}
         }
     }
 }
