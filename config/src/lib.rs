@@ -165,7 +165,7 @@ pub enum LogFormat {
 }
 
 /// `[broker]`: where events come from and where outcomes go.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerConfig {
     /// `amqp://` or `amqps://` URL; `AMQP_URL` wins. None: stdin mode.
@@ -242,7 +242,7 @@ impl BrokerConfig {
 }
 
 /// `[http]`: the health and metrics endpoint.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// Address of `/healthz`, `/readyz` and `/metrics`.
@@ -258,7 +258,7 @@ impl Default for HttpConfig {
 }
 
 /// `[telemetry]`: logs and traces.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TelemetryConfig {
     /// `human` or `json`.
@@ -280,7 +280,7 @@ impl Default for TelemetryConfig {
 }
 
 /// `[shutdown]`: draining on SIGTERM/SIGINT.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShutdownConfig {
     /// Time in-flight messages get to finish before the connection closes.
@@ -399,8 +399,9 @@ pub struct TimeLimits {
     pub max_wall: Duration,
 }
 
-/// One handler, validated, with its JavaScript source read.
-#[derive(Clone, Debug)]
+/// One handler, validated, with its JavaScript source read. `PartialEq`
+/// lets a hot reload tell which keys changed.
+#[derive(Clone, Debug, PartialEq)]
 pub struct HandlerConfig {
     /// Routing key: the queue name and the key the handler is registered under.
     pub key: String,

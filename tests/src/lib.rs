@@ -416,6 +416,11 @@ impl WorkerProcess {
         signal(self.child.id(), "TERM");
     }
 
+    /// Sends SIGHUP (hot reload).
+    pub fn sighup(&self) {
+        signal(self.child.id(), "HUP");
+    }
+
     /// Sends SIGKILL.
     pub fn sigkill(&self) {
         signal(self.child.id(), "KILL");

@@ -6,7 +6,8 @@
 //! key, [`process`] turns one message into an [`process::Outcome`], [`amqp`]
 //! moves messages between the broker and the processor with acknowledgements
 //! and publisher confirms, [`stdin`] is the broker-less default, [`http`]
-//! serves health and metrics, [`telemetry`] sets up logs and traces.
+//! serves health and metrics, [`telemetry`] sets up logs and traces,
+//! [`reload`] swaps a key's handler on SIGHUP, [`version`] names a handler's code.
 #![deny(missing_docs)]
 
 pub mod amqp;
@@ -18,9 +19,11 @@ pub mod http;
 pub mod metrics;
 pub mod pool;
 pub mod process;
+pub mod reload;
 pub mod run;
 pub mod stdin;
 pub mod telemetry;
+pub mod version;
 
 pub use error::WorkerError;
 pub use hyperlight_js_config as config;

@@ -9,7 +9,8 @@ use prometheus::{
 #[derive(Clone, Debug)]
 pub struct Metrics {
     registry: Registry,
-    /// Messages finished, by key and outcome (`ok` or the error code).
+    /// Messages finished, by key, outcome (`ok` or the error code) and
+    /// `handler_version` (empty for a message no handler judged).
     pub messages: IntCounterVec,
     /// Receipt to acknowledgement, by key.
     pub message_seconds: HistogramVec,
@@ -31,6 +32,13 @@ pub struct Metrics {
     pub reconnects: IntCounter,
     /// 1 while a broker session is up.
     pub broker_connected: IntGauge,
+    /// 1 for the handler version each key serves now, by key and `handler_version`.
+    pub handler_version: IntGaugeVec,
+    /// Hot reloads that swapped in a key's new handler (code or settings), by key.
+    pub reloads: IntCounterVec,
+    /// Hot reloads refused, by key (`*`: the configuration as a whole) and
+    /// error code; the key keeps serving its current version.
+    pub reload_failures: IntCounterVec,
 }
 
 const BUCKETS: &[f64] = &[
@@ -64,8 +72,8 @@ impl Metrics {
         };
         let messages = counter_vec(
             "hljs_messages_total",
-            "Messages finished, by routing key and outcome (ok or error code).",
-            &["key", "outcome"],
+            "Messages finished, by routing key, outcome (ok or error code) and handler version.",
+            &["key", "outcome", "handler_version"],
         );
         let message_seconds = hist_vec(
             "hljs_message_duration_seconds",
@@ -115,6 +123,29 @@ impl Metrics {
             Box::new(broker_connected.clone()),
             "hljs_broker_connected",
         );
+        let handler_version = IntGaugeVec::new(
+            Opts::new(
+                "hljs_handler_version",
+                "1 for the handler version (short hash of its code) each key serves now.",
+            ),
+            &["key", "handler_version"],
+        )
+        .unwrap_or_else(|e| unreachable_metric("hljs_handler_version", e));
+        register(
+            &registry,
+            Box::new(handler_version.clone()),
+            "hljs_handler_version",
+        );
+        let reloads = counter_vec(
+            "hljs_reloads_total",
+            "Hot reloads that swapped in a key's new handler (code or settings).",
+            &["key"],
+        );
+        let reload_failures = counter_vec(
+            "hljs_reload_failures_total",
+            "Hot reloads refused (the key keeps its current version), by key ('*': the whole configuration) and code.",
+            &["key", "code"],
+        );
         Self {
             registry,
             messages,
@@ -128,6 +159,9 @@ impl Metrics {
             retried,
             reconnects,
             broker_connected,
+            handler_version,
+            reloads,
+            reload_failures,
         }
     }
 
@@ -167,13 +201,23 @@ mod tests {
     #[test]
     fn renders_every_family_once_used() {
         let m = Metrics::new();
-        m.messages.with_label_values(&["greet", "ok"]).inc();
+        m.messages
+            .with_label_values(&["greet", "ok", "0123456789ab"])
+            .inc();
+        m.handler_version
+            .with_label_values(&["greet", "0123456789ab"])
+            .set(1);
+        m.reload_failures
+            .with_label_values(&["greet", "ERR_COMPILE"])
+            .inc();
         m.message_seconds.with_label_values(&["greet"]).observe(0.1);
         m.pool_size.with_label_values(&["greet"]).set(2);
         m.reconnects.inc();
         let text = m.render();
         for name in [
-            "hljs_messages_total{key=\"greet\",outcome=\"ok\"} 1",
+            "hljs_messages_total{handler_version=\"0123456789ab\",key=\"greet\",outcome=\"ok\"} 1",
+            "hljs_handler_version{handler_version=\"0123456789ab\",key=\"greet\"} 1",
+            "hljs_reload_failures_total{code=\"ERR_COMPILE\",key=\"greet\"} 1",
             "hljs_message_duration_seconds_bucket",
             "hljs_pool_size{key=\"greet\"} 2",
             "hljs_reconnects_total 1",

@@ -91,10 +91,9 @@ impl Pool {
                 .pool_size
                 .with_label_values(&[h.key.as_str()])
                 .set(size as i64);
-            metrics
-                .pool_busy
-                .with_label_values(&[h.key.as_str()])
-                .set(0);
+            // Creates the series at 0; never resets it: on a hot reload the old
+            // pool's in-flight calls still decrement the same gauge.
+            let _ = metrics.pool_busy.with_label_values(&[h.key.as_str()]);
             info!(key = %h.key, size, elapsed_ms = started.elapsed().as_millis() as u64, "sandbox pool loaded");
             pools.push(Arc::new(Self {
                 key: h.key.clone(),
@@ -107,6 +106,22 @@ impl Pool {
             }));
         }
         Ok(pools)
+    }
+
+    /// Builds the pool of one key from its handler source (runtime init,
+    /// compile, snapshot, clones) on a blocking thread: the hot-reload path
+    /// ([`crate::reload`]), which builds a key's new pool beside its old one.
+    /// A handler that does not compile fails here with `ERR_COMPILE`.
+    pub async fn build(
+        handler: &HandlerConfig,
+        metrics: Metrics,
+    ) -> Result<Arc<Self>, WorkerError> {
+        let mut pools = Self::load_group(vec![handler.clone()], metrics).await?;
+        pools.pop().ok_or_else(|| WorkerError::Pool {
+            key: handler.key.clone(),
+            file: handler.file.display().to_string(),
+            source: hyperlight_js_engine::Error::Internal("no pool was built".into()),
+        })
     }
 
     /// The routing key.

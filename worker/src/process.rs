@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use hyperlight_js_config::{ConfigError, HandlerConfig, RetryPolicy, TimeLimits, WorkerConfig};
 use hyperlight_js_engine::{CallOptions, CallStats};
 use serde::de::IgnoredAny;
@@ -14,6 +15,7 @@ use crate::codes::{ErrorCode, WorkerCode, environment_failure};
 use crate::error::WorkerError;
 use crate::metrics::Metrics;
 use crate::pool::Pool;
+use crate::version::handler_version;
 
 /// The message body is larger than the handler's `max_message_bytes`.
 pub const ERR_MESSAGE_TOO_LARGE: &str = WorkerCode::MessageTooLarge.as_str();
@@ -127,20 +129,73 @@ pub fn error_json(f: &Failure) -> String {
     serde_json::json!({ "error": { "code": f.code, "message": f.message } }).to_string()
 }
 
+/// What [`Processor::process_with_stats`] produced for one message.
+#[derive(Debug)]
+pub struct Processed {
+    /// The outcome.
+    pub outcome: Outcome,
+    /// The engine's statistics of the call, when the event reached a sandbox.
+    pub stats: Option<CallStats>,
+    /// The version (see [`crate::version`]) of the handler that judged the
+    /// message; `None` for a key without a handler.
+    pub version: Option<Arc<str>>,
+}
+
 /// A pool per routing key and each key's limits.
+///
+/// The set of keys is fixed at load; what each key runs is swapped
+/// atomically by a hot reload ([`crate::reload`]). A message takes its key's
+/// handler once, when it starts, and finishes on that handler's pool even if
+/// a newer one is swapped in meanwhile; the old pool goes away with its last
+/// message.
 #[derive(Debug)]
 pub struct Processor {
-    handlers: BTreeMap<String, Handler>,
+    handlers: BTreeMap<String, ArcSwap<Handler>>,
     metrics: Metrics,
 }
 
+/// One key's handler as it is served: its pool, its settings and its version.
 #[derive(Debug)]
-struct Handler {
+pub(crate) struct Handler {
     pool: Arc<Pool>,
     limits: TimeLimits,
     max_message_bytes: u64,
     max_deliveries: u32,
     retry: RetryPolicy,
+    version: Arc<str>,
+    /// What it was built from (a reload compares the new configuration to it).
+    config: HandlerConfig,
+}
+
+impl Handler {
+    /// The handler `config` describes, served by `pool` (built from `config`,
+    /// or one whose source and sizes are the same).
+    pub(crate) fn new(config: &HandlerConfig, pool: Arc<Pool>) -> Self {
+        Self {
+            pool,
+            limits: config.limits,
+            max_message_bytes: config.max_message_bytes,
+            max_deliveries: config.max_deliveries,
+            retry: config.retry.clone(),
+            version: handler_version(&config.source).into(),
+            config: config.clone(),
+        }
+    }
+
+    /// Its pool.
+    pub(crate) fn pool(&self) -> &Arc<Pool> {
+        &self.pool
+    }
+
+    /// Its version.
+    pub(crate) fn version(&self) -> &Arc<str> {
+        &self.version
+    }
+
+    /// The configuration it was built from.
+    pub(crate) fn config(&self) -> &HandlerConfig {
+        &self.config
+    }
 }
 
 impl Processor {
@@ -176,16 +231,13 @@ impl Processor {
             .await;
             for (group, pools) in chunk.iter().zip(results) {
                 for (h, pool) in group.iter().zip(pools?) {
-                    loaded.insert(
-                        h.key.clone(),
-                        Handler {
-                            pool,
-                            limits: h.limits,
-                            max_message_bytes: h.max_message_bytes,
-                            max_deliveries: h.max_deliveries,
-                            retry: h.retry.clone(),
-                        },
-                    );
+                    let handler = Handler::new(h, pool);
+                    metrics
+                        .handler_version
+                        .with_label_values(&[h.key.as_str(), handler.version()])
+                        .set(1);
+                    info!(key = %h.key, handler_version = %handler.version(), "handler loaded");
+                    loaded.insert(h.key.clone(), ArcSwap::from_pointee(handler));
                 }
             }
         }
@@ -205,27 +257,61 @@ impl Processor {
         self.handlers.keys().map(String::as_str)
     }
 
-    /// The pool of `key`.
-    pub fn pool(&self, key: &str) -> Option<&Arc<Pool>> {
-        self.handlers.get(key).map(|h| &h.pool)
+    /// The pool `key` is served by now.
+    pub fn pool(&self, key: &str) -> Option<Arc<Pool>> {
+        self.handlers.get(key).map(|h| Arc::clone(&h.load().pool))
+    }
+
+    /// The version of `key`'s handler served now.
+    pub fn version(&self, key: &str) -> Option<Arc<str>> {
+        self.handlers
+            .get(key)
+            .map(|h| Arc::clone(&h.load().version))
     }
 
     /// Attempts at one message of `key` before it is dead-lettered, and its retry policy.
-    pub fn delivery_policy(&self, key: &str) -> Option<(u32, &RetryPolicy)> {
-        self.handlers.get(key).map(|h| (h.max_deliveries, &h.retry))
+    pub fn delivery_policy(&self, key: &str) -> Option<(u32, RetryPolicy)> {
+        self.handlers.get(key).map(|h| {
+            let h = h.load();
+            (h.max_deliveries, h.retry.clone())
+        })
     }
 
     /// Sandboxes over all pools.
     pub fn total_pool_size(&self) -> usize {
-        self.handlers.values().map(|h| h.pool.size()).sum()
+        self.handlers.values().map(|h| h.load().pool.size()).sum()
     }
 
-    /// A pool that lost every sandbox (it cannot process anything).
+    /// A key whose pool lost every sandbox (it cannot process anything).
     pub fn dead_pool(&self) -> Option<&str> {
         self.handlers
-            .values()
-            .find(|h| h.pool.capacity() == 0)
-            .map(|h| h.pool.key())
+            .iter()
+            .find(|(_, h)| h.load().pool.capacity() == 0)
+            .map(|(key, _)| key.as_str())
+    }
+
+    /// The handler `key` is served by now.
+    pub(crate) fn handler(&self, key: &str) -> Option<Arc<Handler>> {
+        self.handlers.get(key).map(ArcSwap::load_full)
+    }
+
+    /// Serves `key` with `handler` from now on: messages that already took
+    /// the old one finish on it. `false` (nothing done) for a key that is not
+    /// configured: the set of keys is fixed at load.
+    pub(crate) fn install(&self, key: &str, handler: Handler) -> bool {
+        let Some(slot) = self.handlers.get(key) else {
+            return false;
+        };
+        let version = Arc::clone(&handler.version);
+        let old = slot.swap(Arc::new(handler));
+        if old.version != version {
+            let gauge = &self.metrics.handler_version;
+            if let Err(e) = gauge.remove_label_values(&[key, &old.version]) {
+                debug!(key, error = %e, "no version gauge to remove");
+            }
+            gauge.with_label_values(&[key, &version]).set(1);
+        }
+        true
     }
 
     /// The metrics.
@@ -235,27 +321,40 @@ impl Processor {
 
     /// Processes one message. Never fails: every failure is an [`Outcome::Failure`].
     pub async fn process(&self, request: Request) -> Outcome {
-        self.process_with_stats(request).await.0
+        self.process_with_stats(request).await.outcome
     }
 
     /// Like [`process`](Self::process), with the engine's statistics of the
-    /// call when the event reached a sandbox.
-    pub async fn process_with_stats(&self, request: Request) -> (Outcome, Option<CallStats>) {
+    /// call when the event reached a sandbox and the handler's version.
+    pub async fn process_with_stats(&self, request: Request) -> Processed {
+        // Taken once: a reload swapping the key's handler from here on does
+        // not move this message to the new pool.
+        let Some(handler) = self.handler(&request.key) else {
+            let key = &request.key;
+            return Processed {
+                outcome: Outcome::Failure(Failure::new(
+                    ERR_UNKNOWN_HANDLER,
+                    format!("no handler is configured for '{key}'"),
+                )),
+                stats: None,
+                version: None,
+            };
+        };
+        let (outcome, stats) = self.run(&handler, request).await;
+        Processed {
+            outcome,
+            stats,
+            version: Some(Arc::clone(&handler.version)),
+        }
+    }
+
+    async fn run(&self, handler: &Handler, request: Request) -> (Outcome, Option<CallStats>) {
         let Request {
             key,
             body,
             limits,
             context,
         } = request;
-        let Some(handler) = self.handlers.get(&key) else {
-            return (
-                Outcome::Failure(Failure::new(
-                    ERR_UNKNOWN_HANDLER,
-                    format!("no handler is configured for '{key}'"),
-                )),
-                None,
-            );
-        };
         if body.len() as u64 > handler.max_message_bytes {
             return (
                 Outcome::Failure(Failure::new(

@@ -14,6 +14,7 @@ use crate::health::Health;
 use crate::http::{self, HttpState};
 use crate::metrics::Metrics;
 use crate::process::Processor;
+use crate::reload::{self, Reloader};
 
 /// Where events come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,13 +74,33 @@ impl Worker {
     /// is cancelled and in-flight messages are drained (broker mode).
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
         crate::process::check_retry_codes(&self.config)?;
+        // Before the pools load: a SIGHUP meanwhile must not end the process.
+        let hangup = reload::hangup_signal();
         match self.mode.clone() {
-            Mode::Broker => self.run_broker(shutdown).await,
-            Mode::Lines { input } => self.run_lines(input, shutdown).await,
+            Mode::Broker => self.run_broker(shutdown, hangup).await,
+            Mode::Lines { input } => self.run_lines(input, shutdown, hangup).await,
         }
     }
 
-    async fn run_broker(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
+    /// Reloads `processor` on SIGHUP until `stop` (see [`crate::reload`]).
+    fn watch_reloads(
+        &self,
+        hangup: Option<tokio::signal::unix::Signal>,
+        processor: &Arc<Processor>,
+        stop: CancellationToken,
+    ) {
+        if let Some(hangup) = hangup {
+            let reloader =
+                Reloader::new(self.config.clone(), Arc::clone(processor), self.metrics());
+            tokio::spawn(reload::watch(hangup, reloader, stop));
+        }
+    }
+
+    async fn run_broker(
+        self,
+        shutdown: CancellationToken,
+        hangup: Option<tokio::signal::unix::Signal>,
+    ) -> Result<(), WorkerError> {
         let listener = http::bind(self.config.http_listen).await?;
         let processor_cell = Arc::new(tokio::sync::OnceCell::new());
         let state = HttpState {
@@ -99,6 +120,8 @@ impl Worker {
             };
             let _ = processor_cell.set(Arc::clone(&processor));
             self.health.set_pools_loaded(true);
+            // No reload once a drain has begun: the pools only finish what they hold.
+            self.watch_reloads(hangup, &processor, shutdown.clone());
             let health = self.health();
             let draining = shutdown.clone();
             tokio::spawn(async move {
@@ -124,9 +147,13 @@ impl Worker {
         self,
         input: Option<PathBuf>,
         shutdown: CancellationToken,
+        hangup: Option<tokio::signal::unix::Signal>,
     ) -> Result<(), WorkerError> {
         let processor = Arc::new(Processor::load(&self.config.handlers, self.metrics()).await?);
         self.health.set_pools_loaded(true);
+        let reloads = shutdown.child_token();
+        let _stop_reloads = reloads.clone().drop_guard();
+        self.watch_reloads(hangup, &processor, reloads);
         let stdout = tokio::io::stdout();
         let summary = match input {
             Some(path) => {

@@ -120,8 +120,8 @@ async fn process_line(processor: &Processor, line_no: u64, line: &[u8]) -> (Stri
         line = line_no,
         outcome = field::Empty
     );
-    let outcome = async {
-        let outcome = match parsed {
+    let (outcome, version) = async {
+        let (outcome, version) = match parsed {
             Ok(p) => {
                 let context = serde_json::json!({
                     "key": p.key,
@@ -129,19 +129,20 @@ async fn process_line(processor: &Processor, line_no: u64, line: &[u8]) -> (Stri
                     "attempt": 1,
                     "headers": {},
                 });
-                processor
-                    .process(Request {
+                let processed = processor
+                    .process_with_stats(Request {
                         key: p.key,
                         body: p.body,
                         limits: p.limits,
                         context: Some(context),
                     })
-                    .await
+                    .await;
+                (processed.outcome, processed.version)
             }
-            Err(f) => Outcome::Failure(f),
+            Err(f) => (Outcome::Failure(f), None),
         };
         Span::current().record("outcome", outcome.label());
-        outcome
+        (outcome, version)
     }
     .instrument(span)
     .await;
@@ -149,7 +150,11 @@ async fn process_line(processor: &Processor, line_no: u64, line: &[u8]) -> (Stri
         let metrics = processor.metrics();
         metrics
             .messages
-            .with_label_values(&[k.as_str(), outcome.label()])
+            .with_label_values(&[
+                k.as_str(),
+                outcome.label(),
+                version.as_deref().unwrap_or(""),
+            ])
             .inc();
         metrics
             .message_seconds

@@ -19,7 +19,7 @@ use super::headers::{self, HeaderExtractor};
 use super::publisher::{Attempt, PublishError};
 use super::retry::{self, Decision};
 use crate::codes::WorkerCode;
-use crate::process::{Failure, Outcome, Request};
+use crate::process::{Failure, Outcome, Processed, Request};
 
 /// Processes one delivery and settles it.
 pub async fn handle_delivery(ctx: Arc<SessionContext>, key: String, delivery: Delivery) {
@@ -42,6 +42,7 @@ pub async fn handle_delivery(ctx: Arc<SessionContext>, key: String, delivery: De
         delivery_tag = delivery.delivery_tag,
         redelivered = delivery.redelivered,
         outcome = field::Empty,
+        handler_version = field::Empty,
     );
     let parent = opentelemetry::global::get_text_map_propagator(|p| {
         p.extract(&HeaderExtractor(delivery.properties.headers().as_ref()))
@@ -55,10 +56,10 @@ pub async fn handle_delivery(ctx: Arc<SessionContext>, key: String, delivery: De
         acker,
         ..
     } = delivery;
-    let (max, policy) = match ctx.processor.delivery_policy(&key) {
-        Some((max, policy)) => (max, policy.clone()),
-        None => (ctx.default_max_deliveries, RetryPolicy::none()),
-    };
+    let (max, policy) = ctx
+        .processor
+        .delivery_policy(&key)
+        .unwrap_or_else(|| (ctx.default_max_deliveries, RetryPolicy::none()));
     let this = InFlight {
         ctx: &ctx,
         at: Attempt {
@@ -72,6 +73,15 @@ pub async fn handle_delivery(ctx: Arc<SessionContext>, key: String, delivery: De
         received,
     };
     this.run(max, &policy).instrument(span).await;
+}
+
+/// What the call left for the outcome's headers and the metrics.
+#[derive(Clone, Copy, Debug, Default)]
+struct Call<'a> {
+    /// The engine's statistics, when the event reached a sandbox.
+    stats: Option<&'a CallStats>,
+    /// The version of the handler that judged the message.
+    version: Option<&'a str>,
 }
 
 /// A delivery being processed and settled.
@@ -108,14 +118,21 @@ impl InFlight<'_> {
                 },
                 ..*self
             };
-            this.give_up(&outcome, None).await;
+            this.give_up(&outcome, Call::default()).await;
             return;
         }
-        let (outcome, stats) = self.process().await;
-        let stats = stats.as_ref();
+        let processed = self.process().await;
+        let outcome = processed.outcome;
+        let call = Call {
+            stats: processed.stats.as_ref(),
+            version: processed.version.as_deref(),
+        };
         Span::current().record("outcome", outcome.label());
+        if let Some(v) = call.version {
+            Span::current().record("handler_version", v);
+        }
         match retry::decide(&outcome, attempt, max, policy) {
-            Decision::Finish => self.finish(&outcome, stats, attempt >= max).await,
+            Decision::Finish => self.finish(&outcome, call, attempt >= max).await,
             Decision::Requeue => {
                 // The worker's environment failed, not the message: let another attempt have it.
                 warn!(
@@ -130,15 +147,21 @@ impl InFlight<'_> {
                 }
                 self.retry_after(&outcome, delay).await;
             }
-            Decision::GiveUp => self.give_up(&outcome, stats).await,
+            Decision::GiveUp => self.give_up(&outcome, call).await,
         }
     }
 
     /// Runs the handler with `ctx = {key, messageId, attempt, headers}`.
-    async fn process(&self) -> (Outcome, Option<CallStats>) {
+    async fn process(&self) -> Processed {
         let limits = match headers::requested_limits(self.properties) {
             Ok(limits) => limits,
-            Err(failure) => return (Outcome::Failure(failure), None),
+            Err(failure) => {
+                return Processed {
+                    outcome: Outcome::Failure(failure),
+                    stats: None,
+                    version: self.ctx.processor.version(self.at.key),
+                };
+            }
         };
         let context = serde_json::json!({
             "key": self.at.key,
@@ -159,22 +182,29 @@ impl InFlight<'_> {
 
     /// Publishes the final outcome, then acks. An outcome the broker does
     /// not confirm hands the message back, or on the last attempt dead-letters it.
-    async fn finish(&self, outcome: &Outcome, stats: Option<&CallStats>, last: bool) {
+    async fn finish(&self, outcome: &Outcome, call: Call<'_>, last: bool) {
         let cx = Span::current().context();
         match self
             .ctx
             .publisher
-            .publish(self.at, self.properties, outcome, stats, &cx)
+            .publish(
+                self.at,
+                self.properties,
+                outcome,
+                call.stats,
+                call.version,
+                &cx,
+            )
             .await
         {
-            Ok(()) => self.ack(outcome).await,
+            Ok(()) => self.ack(outcome, call.version).await,
             Err(e) if last => {
                 error!(code = e.code(), error = %e, "outcome not confirmed on the last attempt; dead-lettering");
                 let refused = Outcome::Failure(Failure::new(
                     e.code(),
                     format!("the outcome ({}) was not confirmed: {e}", outcome.label()),
                 ));
-                self.dead_letter(&refused).await;
+                self.dead_letter(&refused, call.version).await;
             }
             Err(e) => {
                 warn!(code = e.code(), error = %e, "outcome not confirmed; returning the message to the queue");
@@ -228,12 +258,19 @@ impl InFlight<'_> {
     }
 
     /// The attempts ran out: publish the error outcome, then dead-letter.
-    async fn give_up(&self, outcome: &Outcome, stats: Option<&CallStats>) {
+    async fn give_up(&self, outcome: &Outcome, call: Call<'_>) {
         let cx = Span::current().context();
         if let Err(e) = self
             .ctx
             .publisher
-            .publish(self.at, self.properties, outcome, stats, &cx)
+            .publish(
+                self.at,
+                self.properties,
+                outcome,
+                call.stats,
+                call.version,
+                &cx,
+            )
             .await
         {
             // The dead letter still carries the code; losing the outcome must not lose the message.
@@ -244,14 +281,14 @@ impl InFlight<'_> {
             attempts = self.at.attempt,
             "giving up; dead-lettering the message"
         );
-        self.dead_letter(outcome).await;
+        self.dead_letter(outcome, call.version).await;
     }
 
     /// Publishes the message to the dead-letter exchange with the reason,
     /// then acks it. If that publish is not confirmed, rejects it without
     /// requeue, so the queue's own dead-lettering takes it (without the
     /// worker's headers).
-    async fn dead_letter(&self, outcome: &Outcome) {
+    async fn dead_letter(&self, outcome: &Outcome, version: Option<&str>) {
         let (code, message) = match outcome {
             Outcome::Failure(f) => (f.code, f.message.as_str()),
             Outcome::Success(_) => ("ok", ""),
@@ -274,7 +311,7 @@ impl InFlight<'_> {
             )
             .await
         {
-            Ok(()) => self.ack(outcome).await,
+            Ok(()) => self.ack(outcome, version).await,
             Err(e) => {
                 warn!(code = e.code(), error = %e, "the dead letter was not confirmed; rejecting to the queue's dead-letter exchange");
                 if let Err(e) = self
@@ -288,14 +325,14 @@ impl InFlight<'_> {
         }
     }
 
-    async fn ack(&self, outcome: &Outcome) {
+    async fn ack(&self, outcome: &Outcome, version: Option<&str>) {
         match self.acker.ack(BasicAckOptions::default()).await {
             Ok(_) => {
                 let key = self.at.key;
                 let metrics = &self.ctx.metrics;
                 metrics
                     .messages
-                    .with_label_values(&[key, outcome.label()])
+                    .with_label_values(&[key, outcome.label(), version.unwrap_or("")])
                     .inc();
                 metrics
                     .message_seconds

@@ -29,6 +29,9 @@ pub const CPU_MS_HEADER: &str = "x-hljs-cpu-ms";
 pub const WALL_MS_HEADER: &str = "x-hljs-wall-ms";
 /// Outcome header, only when a limit or a kill stopped the call: `cpu`, `wall` or `kill`.
 pub const TERMINATED_BY_HEADER: &str = "x-hljs-terminated-by";
+/// Outcome header: the version (short hash of the code, see
+/// [`crate::version`]) of the handler that produced the outcome.
+pub const HANDLER_VERSION_HEADER: &str = "x-hljs-handler-version";
 /// Quorum queues count earlier failed deliveries of a message in this header
 /// (every return on 3.x; on 4.x returns by `basic.reject` and closed channels, not `basic.nack`).
 pub const DELIVERY_COUNT_HEADER: &str = "x-delivery-count";
@@ -45,6 +48,7 @@ const BOOKKEEPING: &[&str] = &[
     CPU_MS_HEADER,
     WALL_MS_HEADER,
     TERMINATED_BY_HEADER,
+    HANDLER_VERSION_HEADER,
     ERROR_CODE_HEADER,
     ERROR_MESSAGE_HEADER,
     KEY_HEADER,

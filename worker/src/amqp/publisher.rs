@@ -13,8 +13,8 @@ use hyperlight_js_engine::{CallStats, CancelReason};
 
 use super::headers::{
     ATTEMPT_HEADER, ATTEMPTS_HEADER, CPU_MS_HEADER, ERROR_CODE_HEADER, ERROR_MESSAGE_HEADER,
-    HeaderInjector, KEY_HEADER, OUTCOME_HEADER, TERMINATED_BY_HEADER, WALL_MS_HEADER, text_value,
-    without_bookkeeping,
+    HANDLER_VERSION_HEADER, HeaderInjector, KEY_HEADER, OUTCOME_HEADER, TERMINATED_BY_HEADER,
+    WALL_MS_HEADER, text_value, without_bookkeeping,
 };
 use crate::codes::WorkerCode;
 use crate::error::WorkerError;
@@ -108,14 +108,15 @@ impl Publisher {
     }
 
     /// Publishes `outcome` (persistent, JSON, with the code header, the
-    /// event's message id and the trace context of `cx`) and waits for the
-    /// broker's confirm.
+    /// event's message id, the handler's `version` and the trace context of
+    /// `cx`) and waits for the broker's confirm.
     pub async fn publish(
         &self,
         at: Attempt<'_>,
         incoming: &BasicProperties,
         outcome: &Outcome,
         stats: Option<&CallStats>,
+        version: Option<&str>,
         cx: &opentelemetry::Context,
     ) -> Result<(), PublishError> {
         let dest = self.destination(at.key, incoming);
@@ -134,6 +135,9 @@ impl Publisher {
             }
         }
         headers.insert(KEY_HEADER.into(), text_value(at.key));
+        if let Some(v) = version {
+            headers.insert(HANDLER_VERSION_HEADER.into(), text_value(v));
+        }
         headers.insert(
             ATTEMPT_HEADER.into(),
             AMQPValue::LongLongInt(i64::from(at.attempt)),
