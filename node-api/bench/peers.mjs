@@ -97,6 +97,7 @@ const ORDER_EVENT = {
   items: Array.from({ length: 20 }, (_, i) => ({ sku: `sku-${i}`, qty: 1 + (i % 3), cents: 199 + 10 * i })),
 };
 const LOOP_EVENT = { n: LOOP_N };
+const HANDLERS = { order: ORDER, loop: LOOP, sqrt: SQRT };
 
 /**
  * Source for a peer: the handler under a name of its own plus the entry point the
@@ -105,8 +106,10 @@ const LOOP_EVENT = { n: LOOP_N };
 const peerSource = (name, src) =>
   `const ${name} = (function () { ${src}; return handler; })();\n` +
   `function __call_${name}(json) { return JSON.stringify(${name}(JSON.parse(json))); }\n`;
-const ALL_SOURCE = peerSource('order', ORDER) + peerSource('loop', LOOP) + peerSource('sqrt', SQRT);
-const ORDER_SOURCE = peerSource('order', ORDER);
+/** What a warm peer context holds: every handler. A fresh one gets only the message's. */
+const ALL_SOURCE = Object.entries(HANDLERS)
+  .map(([name, src]) => peerSource(name, src))
+  .join('');
 
 // ---------------------------------------------------------------------------
 // The three engines behind one interface: set-up once, then `fresh(name, event)`
@@ -114,9 +117,7 @@ const ORDER_SOURCE = peerSource('order', ORDER);
 
 async function ours() {
   const js = await (await new SandboxBuilder().build()).loadRuntime();
-  js.addHandler('order', ORDER);
-  js.addHandler('loop', LOOP);
-  js.addHandler('sqrt', SQRT);
+  for (const [name, src] of Object.entries(HANDLERS)) js.addHandler(name, src);
   const sb = await js.getLoadedSandbox();
   const snap = await sb.snapshot();
   const opts = { gc: false };
@@ -159,7 +160,7 @@ async function quickjsEmscripten() {
   return {
     name: `quickjs-emscripten ${qjs.version}`,
     fresh(name, event) {
-      const { rt, ctx } = newContext(name === 'order' ? ORDER_SOURCE : ALL_SOURCE);
+      const { rt, ctx } = newContext(peerSource(name, HANDLERS[name]));
       try {
         return call(ctx, name, event);
       } finally {
@@ -183,25 +184,25 @@ async function isolatedVm() {
     script.release();
     return context;
   }
-  const call = (context, name, event) =>
-    JSON.parse(context.global.getSync(`__call_${name}`, { reference: true }).applySync(undefined, [JSON.stringify(event)]));
+  const call = (fn, event) => JSON.parse(fn.applySync(undefined, [JSON.stringify(event)]));
+  const entryPoint = (context, name) => context.global.getSync(`__call_${name}`, { reference: true });
 
   const loaded = newContext(ALL_SOURCE);
   // Warm calls go through a reference kept across calls.
-  const warmFns = Object.fromEntries(
-    ['order', 'loop', 'sqrt'].map((n) => [n, loaded.global.getSync(`__call_${n}`, { reference: true })])
-  );
+  const warmFns = Object.fromEntries(Object.keys(HANDLERS).map((n) => [n, entryPoint(loaded, n)]));
   return {
     name: `isolated-vm ${ivm.version}`,
     fresh(name, event) {
-      const context = newContext(name === 'order' ? ORDER_SOURCE : ALL_SOURCE);
+      const context = newContext(peerSource(name, HANDLERS[name]));
+      const fn = entryPoint(context, name);
       try {
-        return call(context, name, event);
+        return call(fn, event);
       } finally {
+        fn.release();
         context.release();
       }
     },
-    warm: (name, event) => JSON.parse(warmFns[name].applySync(undefined, [JSON.stringify(event)])),
+    warm: (name, event) => call(warmFns[name], event),
   };
 }
 
@@ -247,8 +248,7 @@ async function row(engines, mode, name, event, block) {
 
 /** The handler run by this process's own V8: the result every engine must match. */
 function runLocally(name, event) {
-  const src = { order: ORDER, loop: LOOP, sqrt: SQRT }[name];
-  const handler = new Function(`${src}; return handler;`)();
+  const handler = new Function(`${HANDLERS[name]}; return handler;`)();
   return JSON.parse(JSON.stringify(handler(JSON.parse(JSON.stringify(event)))));
 }
 
@@ -263,7 +263,20 @@ const kvm = fs.existsSync('/sys/module/kvm_pvm')
     : fs.existsSync('/dev/mshv')
       ? 'MSHV'
       : 'no KVM module found';
+/** Busy and total jiffies of all CPUs since boot (Linux /proc/stat), or null elsewhere. */
+function machineCpu() {
+  try {
+    const f = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
+    const idle = f[3] + (f[4] ?? 0); // idle + iowait
+    const total = f.reduce((a, b) => a + b, 0);
+    return { busy: total - idle, total };
+  } catch {
+    return null;
+  }
+}
 const load0 = os.loadavg()[0];
+const cpu0 = machineCpu();
+const ownCpu0 = process.cpuUsage();
 const started = new Date();
 
 const engines = [await ours(), await quickjsEmscripten(), await isolatedVm()];
@@ -290,6 +303,18 @@ const rows = [
   },
 ];
 const load1 = os.loadavg()[0];
+// How busy the whole machine was during the run, against this process's own share
+// (its JavaScript thread, the sandbox's vCPU thread, V8's helpers): the rest is other
+// processes competing for the same CPUs, the noise in these figures.
+const cpu1 = machineCpu();
+const ownCpu = process.cpuUsage(ownCpu0);
+const busy = (() => {
+  if (!cpu0 || !cpu1 || cpu1.total === cpu0.total) return '';
+  const wallMs = Date.now() - started.getTime();
+  const machine = ((cpu1.busy - cpu0.busy) / (cpu1.total - cpu0.total)) * os.cpus().length;
+  const own = (ownCpu.user + ownCpu.system) / 1000 / wallMs;
+  return `; CPUs busy during the run: ${machine.toFixed(2)} of ${os.cpus().length}, ${own.toFixed(2)} of them this process`;
+})();
 
 // ---------------------------------------------------------------------------
 // The table.
@@ -322,12 +347,13 @@ for (const r of rows) {
 console.log(
   `Peers benchmark, ${started.toISOString().slice(0, 16).replace('T', ' ')} UTC: node ${process.version}, ` +
     `${os.cpus().length} × ${cpuModel}, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB, ${kvm}; ` +
-    `load average ${load0.toFixed(2)} at the start, ${load1.toFixed(2)} at the end`
+    `load average ${load0.toFixed(2)} at the start, ${load1.toFixed(2)} at the end${busy}`
 );
 console.log();
 for (const l of lines) console.log(`| ${l.join(' | ')} |`);
 console.log();
 console.log(
   `p99 printed for rows with at least ${P99_MIN_SAMPLES} samples per engine. A load average above ` +
-    `${os.cpus().length} means other processes competed for the CPUs during the run: expect noise.`
+    `${os.cpus().length}, or CPUs busy well beyond this process's share, means other processes competed ` +
+    'for the CPUs during the run: expect noise.'
 );
