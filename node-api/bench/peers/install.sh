@@ -76,7 +76,8 @@ found="$(headers_version "$npm_config_nodedir")"
 echo "bench/peers: building isolated-vm against the headers in $npm_config_nodedir (Node.js $found)" >&2
 
 # No prebuilt binary download (GitHub): prebuild-install gives up at once and the
-# package's install script falls back to node-gyp.
+# package's install script falls back to node-gyp. (npm warns that it does not know
+# this setting: it is prebuild-install's, read from the environment, not npm's.)
 export npm_config_build_from_source=true
 
 rm -f "$stamp_file"
