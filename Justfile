@@ -52,6 +52,12 @@ test-chart:
 bench-engine:
     cargo bench -p hyperlight-js-engine --bench engine
 
+# This project against quickjs-emscripten and isolated-vm, one Node process (node-api/bench/peers.mjs;
+# installs the peers into node-api/bench/peers/ on first use).
+bench-peers:
+    bash node-api/ci.sh build release
+    bash node-api/ci.sh bench-peers
+
 # Run the worker on the example events with no broker (stdin mode).
 run-example:
     cargo run --release -p hyperlight-js-worker -- --config examples/worker.toml --stdin < examples/events.jsonl

@@ -7,6 +7,8 @@
 #   bash node-api/ci.sh                  # everything
 #   bash node-api/ci.sh build [release|debug]
 #   bash node-api/ci.sh test | examples | quickstart | bench
+#   bash node-api/ci.sh bench-peers      # the peers benchmark (not part of "all": it installs
+#                                        # and compiles isolated-vm, minutes on 2 cores)
 #
 # Needs Node.js >= 18 with npm, Rust (see scripts/setup.sh) and a usable /dev/kvm.
 set -euo pipefail
@@ -101,6 +103,15 @@ bench() {
   node bench/bench.mjs
 }
 
+# quickjs-emscripten and isolated-vm side by side with this package (issue 12). They live in
+# bench/peers/, a package of their own, so that `npm ci` above never builds isolated-vm.
+bench_peers() {
+  step "peers benchmark"
+  cd "$here"
+  bash bench/peers/install.sh
+  node bench/peers.mjs
+}
+
 check_node
 case "${1:-all}" in
   all)
@@ -117,5 +128,6 @@ case "${1:-all}" in
   examples) run_examples ;;
   quickstart) quickstart ;;
   bench) bench ;;
-  *) fail "unknown step '$1' (all, install, build, test, examples, quickstart, bench)" ;;
+  bench-peers) bench_peers ;;
+  *) fail "unknown step '$1' (all, install, build, test, examples, quickstart, bench, bench-peers)" ;;
 esac
