@@ -499,14 +499,18 @@ impl SandboxRestorer {
         &self.snapshot
     }
 
-    fn shared(&self) -> Result<Arc<Shared>> {
+    /// The required host functions not registered yet (`module.function`).
+    pub fn missing_host_functions(&self) -> Vec<String> {
         let registered: BTreeSet<String> = self.registry.names().into_iter().collect();
-        let missing: Vec<&str> = self
-            .snapshot
+        self.snapshot
             .host_functions
             .difference(&registered)
-            .map(String::as_str)
-            .collect();
+            .cloned()
+            .collect()
+    }
+
+    fn shared(&self) -> Result<Arc<Shared>> {
+        let missing = self.missing_host_functions();
         if !missing.is_empty() {
             return Err(Error::SnapshotIncompatible(format!(
                 "its handlers need host functions that are not registered: {}",
