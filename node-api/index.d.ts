@@ -21,7 +21,10 @@ export type ErrorCodeValue =
   | 'ERR_RESULT_NOT_JSON'
   | 'ERR_INPUT_TOO_LARGE'
   | 'ERR_OUTPUT_TOO_LARGE'
-  | 'ERR_HEAP_EXHAUSTED';
+  | 'ERR_HEAP_EXHAUSTED'
+  | 'ERR_SNAPSHOT_NOT_FOUND'
+  | 'ERR_SNAPSHOT_CORRUPT'
+  | 'ERR_SNAPSHOT_INCOMPATIBLE';
 
 /** The error codes by name, e.g. `ErrorCode.CANCELLED === 'ERR_CANCELLED'`. */
 export declare const ErrorCode: Readonly<{
@@ -59,6 +62,9 @@ export declare const ErrorCode: Readonly<{
   OUTPUT_TOO_LARGE: 'ERR_OUTPUT_TOO_LARGE';
   /** The guest's JavaScript heap limit was reached. */
   HEAP_EXHAUSTED: 'ERR_HEAP_EXHAUSTED';
+  SNAPSHOT_NOT_FOUND: 'ERR_SNAPSHOT_NOT_FOUND';
+  SNAPSHOT_CORRUPT: 'ERR_SNAPSHOT_CORRUPT';
+  SNAPSHOT_INCOMPATIBLE: 'ERR_SNAPSHOT_INCOMPATIBLE';
 }>;
 
 /** An error thrown or rejected by this package. */
@@ -116,6 +122,14 @@ export declare class SandboxBuilder {
    * without a usable hypervisor.
    */
   build(): Promise<ProtoJSSandbox>;
+  /**
+   * Prepares sandboxes from a snapshot loaded by `Snapshot.load()`: register
+   * its host functions on the restorer, then restore. The sizes are the
+   * snapshot's. Consumes this builder.
+   * @throws (rejects) `ERR_INVALID_ARG` for an in-memory snapshot or a builder
+   * set to other sizes; `ERR_CONSUMED` after `build()`.
+   */
+  buildFromSnapshot(snapshot: Snapshot): Promise<SandboxRestorer>;
 }
 
 /** What the last `callHandler()` cost and what stopped it. */
@@ -304,9 +318,55 @@ export declare class InterruptHandle {
 }
 
 /**
- * An opaque handle to a point-in-time snapshot of a sandbox's state, from
- * `LoadedJSSandbox.snapshot()`.
+ * A point-in-time snapshot of a sandbox's state, from
+ * `LoadedJSSandbox.snapshot()` (in memory) or `Snapshot.load()` (from disk).
  */
 export declare class Snapshot {
   private constructor();
+  /**
+   * Saves the snapshot into the OCI image layout at `dir` (created if absent;
+   * its parent must exist) under `tag`; resolves with the digest
+   * (`sha256:…`), which `Snapshot.load()` also accepts. The runtime the
+   * sandbox unloads to is saved beside it as `<tag>.runtime`.
+   * @throws (rejects) `ERR_INVALID_ARG` for a bad tag; `ERR_INTERNAL` if the files cannot be written.
+   */
+  save(dir: string, tag: string): Promise<string>;
+  /**
+   * Loads a saved snapshot by tag or digest, checking every blob against its
+   * digest. Rejects with `ERR_SNAPSHOT_NOT_FOUND` (no such tag or digest, no
+   * layout), `ERR_SNAPSHOT_CORRUPT` (a damaged blob) or
+   * `ERR_SNAPSHOT_INCOMPATIBLE` (another guest build or hyperlight version).
+   */
+  static load(dir: string, tagOrDigest: string): Promise<Snapshot>;
+  /** Like `load()` without the digest checks: for trusted local layouts. */
+  static loadUnverified(dir: string, tagOrDigest: string): Promise<Snapshot>;
+  /** The digest it was loaded as; `null` for an in-memory snapshot. */
+  readonly digest: string | null;
+  /** The routing keys of its handlers. */
+  readonly handlerNames: string[];
+  /** For a snapshot from `load()`: the host functions (`module.function`) to register again. */
+  readonly requiredHostFunctions: string[];
+}
+
+/**
+ * From `SandboxBuilder.buildFromSnapshot()`: register the host functions the
+ * snapshot needs again, then restore a sandbox from it.
+ */
+export declare class SandboxRestorer {
+  private constructor();
+  /** The host module `name`, as on `ProtoJSSandbox`. */
+  hostModule(name: string): HostModule;
+  /** `hostModule(moduleName).register(functionName, callback)`, chainable. */
+  register(moduleName: string, functionName: string, callback: HostFunction): this;
+  /** The required host functions not registered yet (`module.function`). */
+  readonly missingHostFunctions: string[];
+  /**
+   * A sandbox in the saved state: same handlers, same JavaScript state;
+   * `unload()` goes back to the saved runtime. Consumes the restorer; if it
+   * rejects (`ERR_SNAPSHOT_INCOMPATIBLE` naming host functions not
+   * registered) the restorer stays usable.
+   */
+  restoreLoadedSandbox(): Promise<LoadedJSSandbox>;
+  /** A sandbox with the saved runtime and no handlers, to add handlers to. Consumes the restorer unless it rejects. */
+  restoreJsSandbox(): Promise<JSSandbox>;
 }

@@ -16,6 +16,7 @@ const {
   LoadedJSSandbox,
   InterruptHandle,
   Snapshot,
+  SandboxRestorer,
   HostModule,
 } = native;
 
@@ -41,6 +42,9 @@ const ErrorCode = Object.freeze({
   INPUT_TOO_LARGE: 'ERR_INPUT_TOO_LARGE',
   OUTPUT_TOO_LARGE: 'ERR_OUTPUT_TOO_LARGE',
   HEAP_EXHAUSTED: 'ERR_HEAP_EXHAUSTED',
+  SNAPSHOT_NOT_FOUND: 'ERR_SNAPSHOT_NOT_FOUND',
+  SNAPSHOT_CORRUPT: 'ERR_SNAPSHOT_CORRUPT',
+  SNAPSHOT_INCOMPATIBLE: 'ERR_SNAPSHOT_INCOMPATIBLE',
 });
 
 const KNOWN_CODES = new Set(Object.values(ErrorCode));
@@ -159,6 +163,7 @@ for (const setter of ['setHeapSize', 'setStackSize', 'setScratchSize', 'setInput
   wrapSync(SandboxBuilder, setter);
 }
 wrapAsync(SandboxBuilder.prototype, 'build');
+wrapAsync(SandboxBuilder.prototype, 'buildFromSnapshot', checkSnapshot);
 
 function checkNonEmptyName(what, value) {
   checkName(what, value);
@@ -179,6 +184,40 @@ Object.defineProperty(ProtoJSSandbox.prototype, 'register', {
   configurable: true,
 });
 wrapAsync(ProtoJSSandbox.prototype, 'loadRuntime');
+
+// ------------------------------------------------ persisted snapshots ----
+
+wrapAsync(Snapshot.prototype, 'save', (dir, tag) => {
+  checkNonEmptyName('the snapshot directory', dir);
+  checkNonEmptyName('the snapshot tag', tag);
+});
+for (const [name, native] of [
+  ['load', '_load'],
+  ['loadUnverified', '_loadUnverified'],
+]) {
+  Object.defineProperty(Snapshot, name, {
+    value: function (dir, tagOrDigest) {
+      return Snapshot[native](dir, tagOrDigest);
+    },
+    writable: true,
+    configurable: true,
+  });
+  wrapAsync(Snapshot, name, (dir, tagOrDigest) => {
+    checkNonEmptyName('the snapshot directory', dir);
+    checkName('the snapshot tag or digest', tagOrDigest);
+  });
+}
+wrapSync(SandboxRestorer, 'hostModule', (name) => checkNonEmptyName('the host module name', name));
+Object.defineProperty(SandboxRestorer.prototype, 'register', {
+  value: function register(moduleName, functionName, callback) {
+    this.hostModule(moduleName).register(functionName, callback);
+    return this;
+  },
+  writable: true,
+  configurable: true,
+});
+wrapAsync(SandboxRestorer.prototype, 'restoreLoadedSandbox');
+wrapAsync(SandboxRestorer.prototype, 'restoreJsSandbox');
 
 wrapSync(JSSandbox, 'addHandler', (name, code) => {
   checkName('the handler name', name);
@@ -334,6 +373,7 @@ module.exports = {
   LoadedJSSandbox,
   InterruptHandle,
   Snapshot,
+  SandboxRestorer,
   HostModule,
   ErrorCode,
 };

@@ -11,6 +11,7 @@ export const JSSandbox = api.JSSandbox;
 export const LoadedJSSandbox = api.LoadedJSSandbox;
 export const InterruptHandle = api.InterruptHandle;
 export const Snapshot = api.Snapshot;
+export const SandboxRestorer = api.SandboxRestorer;
 export const HostModule = api.HostModule;
 export const ErrorCode = api.ErrorCode;
 export default api;

@@ -146,6 +146,7 @@ def test_every_worker_key_is_accepted(helm):
         "telemetry": {"log_format": "human", "otlp_endpoint": "http://otel:4317",
                       "service_name": "svc"},
         "shutdown": {"drain_timeout_secs": 30},
+        "snapshots": {"dir": "/srv/snapshots"},
     }
     handler = {"key": "greet", "file": "g.js", "source": "function handler(e) { return e; }",
                "pool_size": 256, "heap_size": 8388608, "stack_size": 1048576,
@@ -156,6 +157,7 @@ def test_every_worker_key_is_accepted(helm):
     cfg = worker_toml(render(helm, values={"config": config, "handlers": [handler]}))
     assert cfg["broker"] == config["broker"]
     assert cfg["telemetry"] == config["telemetry"]
+    assert cfg["snapshots"] == config["snapshots"]
     assert cfg["handlers"] == [{k: v for k, v in handler.items() if k != "source"}]
 
 
@@ -701,6 +703,53 @@ def test_custom_resources_are_only_the_optional_ones(helm):
     for values in [(), ("values-hostpath.yaml",), ("values-existing.yaml",)]:
         m = render(helm, *values)
         assert not [d for d in m.docs if d["apiVersion"] in CUSTOM_GROUPS]
+
+
+# ---------------------------------------------------------------------------------------------
+# Snapshot cache volume ([snapshots] dir)
+# ---------------------------------------------------------------------------------------------
+
+
+def test_snapshot_cache_is_an_emptydir_by_default_and_the_worker_points_at_it(helm):
+    m = render(helm)
+    path = "/var/cache/hyperlight-js-worker"
+    assert mount(m, "snapshot-cache")["mountPath"] == path
+    assert volume(m, "snapshot-cache")["emptyDir"] == {"sizeLimit": "2Gi"}
+    assert worker_toml(m)["snapshots"] == {"dir": path}
+
+
+def test_snapshot_cache_on_a_claim_or_a_host_path(helm):
+    m = render(helm, values={"snapshotCache": {"type": "persistentVolumeClaim",
+                                               "claimName": "hljs-snapshots"}})
+    assert volume(m, "snapshot-cache")["persistentVolumeClaim"] == {"claimName": "hljs-snapshots"}
+    m = render(helm, values={"snapshotCache": {"type": "hostPath", "hostPath": "/var/lib/hljs",
+                                               "mountPath": "/cache"}})
+    assert volume(m, "snapshot-cache")["hostPath"] == {"path": "/var/lib/hljs",
+                                                       "type": "DirectoryOrCreate"}
+    assert mount(m, "snapshot-cache")["mountPath"] == "/cache"
+    assert worker_toml(m)["snapshots"] == {"dir": "/cache"}
+
+
+def test_snapshot_cache_can_be_turned_off_or_pointed_elsewhere(helm):
+    m = render(helm, values={"snapshotCache": {"enabled": False}})
+    assert all(v["name"] != "snapshot-cache" for v in m.pod["volumes"])
+    assert "snapshots" not in worker_toml(m)
+    m = render(helm, values={"config": {"snapshots": {"dir": "/etc/hyperlight-js-worker/s"}}})
+    assert worker_toml(m)["snapshots"] == {"dir": "/etc/hyperlight-js-worker/s"}
+
+
+@pytest.mark.parametrize(
+    "sets, message",
+    [
+        ({"snapshotCache.type": "persistentVolumeClaim"}, "claimName"),
+        ({"snapshotCache.type": "hostPath"}, "hostPath"),
+        ({"snapshotCache.type": "nfs"}, "type"),
+        ({"snapshotCache.mountPath": "relative"}, "mountPath"),
+        ({"config.snapshots.size": "1"}, "size"),
+    ],
+)
+def test_snapshot_cache_values_the_worker_or_kubernetes_would_refuse_are_refused(helm, sets, message):
+    assert message in render_fails(helm, sets=sets)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -257,6 +257,17 @@ impl Default for HttpConfig {
     }
 }
 
+/// `[snapshots]`: the persisted-snapshot cache.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SnapshotsConfig {
+    /// Directory where each key's loaded snapshot is kept between starts
+    /// (relative to the configuration file's directory); `None`: no cache,
+    /// every start runs the runtime init and the compile. Several workers may
+    /// share it.
+    pub dir: Option<PathBuf>,
+}
+
 /// `[telemetry]`: logs and traces.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -382,6 +393,8 @@ struct RawConfig {
     #[serde(default)]
     shutdown: ShutdownConfig,
     #[serde(default)]
+    snapshots: SnapshotsConfig,
+    #[serde(default)]
     handlers: Vec<RawHandler>,
 }
 
@@ -426,6 +439,8 @@ pub struct HandlerConfig {
     pub max_deliveries: u32,
     /// When and how long to wait before another attempt.
     pub retry: RetryPolicy,
+    /// `[snapshots] dir`, resolved: where this key's loaded snapshot is cached.
+    pub snapshot_dir: Option<PathBuf>,
 }
 
 /// A handler's retry policy: which failures are tried again after a delay,
@@ -479,6 +494,8 @@ pub struct WorkerConfig {
     pub telemetry: TelemetryConfig,
     /// `[shutdown]`.
     pub shutdown: ShutdownConfig,
+    /// `[snapshots]`, with `dir` resolved against the file's directory.
+    pub snapshots: SnapshotsConfig,
     /// `[[handlers]]`, in file order.
     pub handlers: Vec<HandlerConfig>,
 }
@@ -628,6 +645,16 @@ fn validate(
         ))
     })?;
 
+    let mut snapshots = raw.snapshots;
+    if let Some(dir) = &snapshots.dir {
+        if dir.as_os_str().is_empty() {
+            return Err(invalid(
+                "[snapshots] dir must not be empty (leave it out for no cache)".into(),
+            ));
+        }
+        snapshots.dir = Some(base.join(dir));
+    }
+
     if raw.handlers.is_empty() {
         return Err(invalid(
             "no [[handlers]]: configure at least one handler".into(),
@@ -752,6 +779,7 @@ fn validate(
             max_result_bytes: h.max_result_bytes,
             max_deliveries,
             retry,
+            snapshot_dir: snapshots.dir.clone(),
         });
     }
 
@@ -762,6 +790,7 @@ fn validate(
         http_listen,
         telemetry: raw.telemetry,
         shutdown: raw.shutdown,
+        snapshots,
         handlers,
     })
 }
@@ -929,6 +958,27 @@ cpu_timeout_ms = 100
         let e = load(&toml, &[("AMQP_URL", "amqp://x/%2f,http://y")]).unwrap_err();
         assert_eq!(e.code(), "ERR_CONFIG_INVALID");
         assert!(!load(GOOD, &[("AMQP_URL", " ")]).unwrap().has_broker());
+    }
+
+    #[test]
+    fn snapshots_dir_is_optional_and_resolved_against_the_config_dir() {
+        let c = load(GOOD, &[]).unwrap();
+        assert!(c.snapshots.dir.is_none());
+        assert!(c.handler("greet").unwrap().snapshot_dir.is_none());
+        let c = load(&format!("{GOOD}\n[snapshots]\ndir = \"cache\"\n"), &[]).unwrap();
+        let dir = c.snapshots.dir.clone().unwrap();
+        assert!(
+            dir.ends_with("cache") && dir.parent() == c.path.parent(),
+            "{dir:?}"
+        );
+        assert_eq!(
+            c.handler("greet").unwrap().snapshot_dir.as_ref(),
+            Some(&dir)
+        );
+        let c = load(GOOD, &[("HLJS__SNAPSHOTS__DIR", "/var/cache/hljs")]).unwrap();
+        assert_eq!(c.snapshots.dir.unwrap(), Path::new("/var/cache/hljs"));
+        let e = load(&format!("{GOOD}\n[snapshots]\ndirr = \"x\"\n"), &[]).unwrap_err();
+        assert_eq!(e.code(), "ERR_CONFIG_PARSE");
     }
 
     #[test]

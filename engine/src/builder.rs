@@ -276,6 +276,31 @@ impl SandboxBuilder {
     }
 }
 
+impl SandboxBuilder {
+    /// Prepares sandboxes from a snapshot loaded from disk: register its host
+    /// functions on the [`SandboxRestorer`], then restore. The sizes are the
+    /// snapshot's; a builder whose sizes were changed to other values is
+    /// refused (`ERR_INVALID_ARG`) rather than silently ignored.
+    pub fn build_from_snapshot(
+        self,
+        snapshot: &crate::PersistedSnapshot,
+    ) -> Result<crate::SandboxRestorer> {
+        if self.config != SandboxConfig::default() && self.config != *snapshot.config() {
+            return Err(Error::InvalidArgument(format!(
+                "a sandbox restored from a snapshot has the snapshot's sizes ({:?}), not the builder's ({:?})",
+                snapshot.config(),
+                self.config
+            )));
+        }
+        if !is_hypervisor_present() {
+            return Err(Error::NoHypervisor(
+                "no hypervisor found: /dev/kvm (or /dev/mshv) is missing or not accessible to this user".into(),
+            ));
+        }
+        Ok(crate::SandboxRestorer::new(snapshot.clone()))
+    }
+}
+
 fn usize_of(v: u64) -> Result<usize> {
     usize::try_from(v)
         .map_err(|_| Error::InvalidArgument(format!("{v} bytes does not fit this platform")))

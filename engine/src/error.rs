@@ -45,11 +45,17 @@ pub enum ErrorCode {
     OutputTooLarge,
     /// `ERR_HEAP_EXHAUSTED`
     HeapExhausted,
+    /// `ERR_SNAPSHOT_NOT_FOUND`
+    SnapshotNotFound,
+    /// `ERR_SNAPSHOT_CORRUPT`
+    SnapshotCorrupt,
+    /// `ERR_SNAPSHOT_INCOMPATIBLE`
+    SnapshotIncompatible,
 }
 
 impl ErrorCode {
     /// Every code, in the order of the README's table.
-    pub const ALL: [ErrorCode; 17] = [
+    pub const ALL: [ErrorCode; 20] = [
         Self::InvalidArg,
         Self::Consumed,
         Self::Poisoned,
@@ -67,6 +73,9 @@ impl ErrorCode {
         Self::InputTooLarge,
         Self::OutputTooLarge,
         Self::HeapExhausted,
+        Self::SnapshotNotFound,
+        Self::SnapshotCorrupt,
+        Self::SnapshotIncompatible,
     ];
 
     /// The stable string, `ERR_…`.
@@ -89,6 +98,9 @@ impl ErrorCode {
             Self::InputTooLarge => "ERR_INPUT_TOO_LARGE",
             Self::OutputTooLarge => "ERR_OUTPUT_TOO_LARGE",
             Self::HeapExhausted => "ERR_HEAP_EXHAUSTED",
+            Self::SnapshotNotFound => "ERR_SNAPSHOT_NOT_FOUND",
+            Self::SnapshotCorrupt => "ERR_SNAPSHOT_CORRUPT",
+            Self::SnapshotIncompatible => "ERR_SNAPSHOT_INCOMPATIBLE",
         }
     }
 
@@ -238,6 +250,19 @@ pub enum Error {
     /// The JavaScript heap limit was reached.
     #[error("heap exhausted: {0}")]
     HeapExhausted(String),
+    /// No persisted snapshot under that tag or digest (or no snapshot layout
+    /// in that directory).
+    #[error("snapshot not found: {0}")]
+    SnapshotNotFound(String),
+    /// A persisted snapshot's files are damaged: a blob does not match its
+    /// digest (checked load), or a file is truncated or unreadable.
+    #[error("snapshot corrupt: {0}")]
+    SnapshotCorrupt(String),
+    /// A persisted snapshot cannot run here: it was made by another guest
+    /// build or hyperlight version, on another hypervisor or CPU, or needs
+    /// host functions that are not registered.
+    #[error("snapshot incompatible: {0}")]
+    SnapshotIncompatible(String),
 }
 
 impl Error {
@@ -261,6 +286,9 @@ impl Error {
             Self::InputTooLarge { .. } => ErrorCode::InputTooLarge,
             Self::OutputTooLarge(_) => ErrorCode::OutputTooLarge,
             Self::HeapExhausted(_) => ErrorCode::HeapExhausted,
+            Self::SnapshotNotFound(_) => ErrorCode::SnapshotNotFound,
+            Self::SnapshotCorrupt(_) => ErrorCode::SnapshotCorrupt,
+            Self::SnapshotIncompatible(_) => ErrorCode::SnapshotIncompatible,
         }
     }
 

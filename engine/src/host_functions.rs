@@ -33,8 +33,36 @@ impl HostRegistry {
 
     /// `module.function` names, one per line, for the guest's `host` object.
     pub(crate) fn manifest(&self) -> String {
+        self.names().iter().map(|n| format!("{n}\n")).collect()
+    }
+
+    /// The registered functions as `module.function`, sorted.
+    pub(crate) fn names(&self) -> Vec<String> {
         let map = self.0.read().unwrap_or_else(|p| p.into_inner());
-        map.keys().map(|(m, f)| format!("{m}.{f}\n")).collect()
+        map.keys().map(|(m, f)| format!("{m}.{f}")).collect()
+    }
+
+    /// Checks the names and registers `f` as `host.<module>.<function>`.
+    pub(crate) fn register_checked(
+        &self,
+        module: &str,
+        function: &str,
+        f: HostFn,
+    ) -> crate::error::Result<()> {
+        for (what, name) in [("module", module), ("function", function)] {
+            let valid = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
+                && !name.starts_with(|c: char| c.is_ascii_digit());
+            if !valid {
+                return Err(crate::error::Error::InvalidArgument(format!(
+                    "host {what} name '{name}' must be a JavaScript identifier"
+                )));
+            }
+        }
+        self.register(module, function, f);
+        Ok(())
     }
 
     fn call(&self, module: &str, function: &str, args_json: &str) -> String {

@@ -8,6 +8,12 @@
 //! → [`get_loaded_sandbox`](JSSandbox::get_loaded_sandbox) → [`LoadedJSSandbox`]
 //! ⇄ [`unload`](LoadedJSSandbox::unload).
 //!
+//! A [`Snapshot`] can be [saved](Snapshot::save) to disk and
+//! [loaded](Snapshot::load) in another process as a [`PersistedSnapshot`];
+//! [`SandboxBuilder::build_from_snapshot`] → [`SandboxRestorer`] (host
+//! functions again) → [`LoadedJSSandbox`] or [`JSSandbox`], without the
+//! runtime init or the compile.
+//!
 //! Every failure is an [`Error`] with a stable [`code`](Error::code).
 //!
 //! # Threads and async
@@ -26,6 +32,7 @@ mod interrupt;
 mod js_sandbox;
 mod loaded;
 pub mod monitor;
+mod persist;
 mod proto;
 mod snapshot;
 
@@ -38,6 +45,7 @@ pub use js_sandbox::JSSandbox;
 #[doc(hidden)]
 pub use loaded::KernelEntries;
 pub use loaded::{CallOptions, CallStats, LoadedJSSandbox};
+pub use persist::{HYPERLIGHT_VERSION, PersistedSnapshot, SandboxRestorer, guest_build_id};
 pub use proto::ProtoJSSandbox;
 pub use snapshot::Snapshot;
 

@@ -8,7 +8,7 @@ use serde_json::Value;
 use tracing::instrument;
 
 use crate::builder::SandboxConfig;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::error_map;
 use crate::host_functions::{HostFn, HostRegistry};
 use crate::js_sandbox::JSSandbox;
@@ -54,21 +54,8 @@ impl ProtoJSSandbox {
         function: &str,
         f: impl Fn(Value) -> std::result::Result<Value, String> + Send + Sync + 'static,
     ) -> Result<()> {
-        for (what, name) in [("module", module), ("function", function)] {
-            let valid = !name.is_empty()
-                && name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$')
-                && !name.starts_with(|c: char| c.is_ascii_digit());
-            if !valid {
-                return Err(Error::InvalidArgument(format!(
-                    "host {what} name '{name}' must be a JavaScript identifier"
-                )));
-            }
-        }
         let f: HostFn = Arc::new(f);
-        self.registry.register(module, function, f);
-        Ok(())
+        self.registry.register_checked(module, function, f)
     }
 
     /// Loads the JavaScript runtime (QuickJS and its globals) into the VM.

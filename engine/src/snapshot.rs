@@ -63,6 +63,13 @@ impl Snapshot {
     }
 }
 
+impl Snapshot {
+    /// The routing keys of its handlers.
+    pub fn handler_keys(&self) -> impl Iterator<Item = &str> {
+        self.handlers.iter().map(String::as_str)
+    }
+}
+
 impl std::fmt::Debug for Snapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Snapshot")

@@ -8,6 +8,8 @@ use napi_derive::napi;
 use crate::error::{Failure, positive_integer};
 use crate::lane::{Lane, rejected};
 use crate::proto::ProtoJSSandbox;
+use crate::restorer::SandboxRestorer;
+use crate::snapshot::Snapshot;
 
 /// Creates and configures a new sandbox.
 #[napi]
@@ -111,6 +113,34 @@ impl SandboxBuilder {
             engine::SandboxBuilder::output_buffer_size,
         )?;
         Ok(this)
+    }
+
+    /// Prepares sandboxes from a snapshot loaded by `Snapshot.load()`:
+    /// `Promise<SandboxRestorer>`. The sizes are the snapshot's (a builder
+    /// set to other sizes is refused with `ERR_INVALID_ARG`). Consumes this
+    /// builder.
+    #[napi(ts_return_type = "Promise<SandboxRestorer>")]
+    pub fn build_from_snapshot<'env>(
+        &mut self,
+        env: &'env Env,
+        snapshot: &Snapshot,
+    ) -> napi::Result<Object<'env>> {
+        let persisted = match snapshot.persisted() {
+            Ok(p) => p.clone(),
+            Err(f) => return rejected(env, f),
+        };
+        let Some(builder) = self.builder.take() else {
+            return rejected(env, Failure::consumed("SandboxBuilder"));
+        };
+        Lane::promise_on_new(
+            env,
+            move || {
+                builder
+                    .build_from_snapshot(&persisted)
+                    .map_err(Failure::from)
+            },
+            |lane, restorer| Ok(SandboxRestorer::new(lane, restorer)),
+        )
     }
 
     /// Builds the micro-VM on a new sandbox thread: `Promise<ProtoJSSandbox>`.

@@ -135,6 +135,9 @@ fn sample(code: &str) -> Option<EngineError> {
         "ERR_INPUT_TOO_LARGE" => EngineError::InputTooLarge { size: 2, limit: 1 },
         "ERR_OUTPUT_TOO_LARGE" => EngineError::OutputTooLarge("sample".into()),
         "ERR_HEAP_EXHAUSTED" => EngineError::HeapExhausted("sample".into()),
+        "ERR_SNAPSHOT_NOT_FOUND" => EngineError::SnapshotNotFound("sample".into()),
+        "ERR_SNAPSHOT_CORRUPT" => EngineError::SnapshotCorrupt("sample".into()),
+        "ERR_SNAPSHOT_INCOMPATIBLE" => EngineError::SnapshotIncompatible("sample".into()),
         _ => return None,
     };
     Some(e)

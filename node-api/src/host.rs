@@ -80,17 +80,46 @@ fn next_id() -> u32 {
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
-/// A host module of a proto sandbox: `register(fnName, callback)` adds a
-/// function to it.
+/// Where a host module's functions are registered.
+#[derive(Clone)]
+pub(crate) enum Target {
+    /// A proto sandbox, before `loadRuntime()`.
+    Proto(Slot<engine::ProtoJSSandbox>),
+    /// A restorer, before `restoreLoadedSandbox()` / `restoreJsSandbox()`.
+    Restorer(Slot<engine::SandboxRestorer>),
+}
+
+type UserFn = Box<dyn Fn(Value) -> Result<Value, String> + Send + Sync + 'static>;
+
+impl Target {
+    fn register(&self, module: &str, function: &str, f: UserFn) -> Result<(), Failure> {
+        match self {
+            Self::Proto(slot) => slot
+                .lock()
+                .as_mut()
+                .ok_or_else(|| Failure::consumed("ProtoJSSandbox"))?
+                .register_host_function(module, function, f),
+            Self::Restorer(slot) => slot
+                .lock()
+                .as_mut()
+                .ok_or_else(|| Failure::consumed("SandboxRestorer"))?
+                .register_host_function(module, function, f),
+        }
+        .map_err(Failure::from)
+    }
+}
+
+/// A host module of a proto sandbox (or of a restorer): `register(fnName,
+/// callback)` adds a function to it.
 #[napi]
 pub struct HostModule {
     name: String,
-    proto: Slot<engine::ProtoJSSandbox>,
+    target: Target,
 }
 
 impl HostModule {
-    pub(crate) fn new(name: String, proto: Slot<engine::ProtoJSSandbox>) -> Self {
-        Self { name, proto }
+    pub(crate) fn new(name: String, target: Target) -> Self {
+        Self { name, target }
     }
 }
 
@@ -112,10 +141,6 @@ impl HostModule {
         function_name: String,
         dispatch: Function<'_, FnArgs<(u32, String)>, ()>,
     ) -> napi::Result<(), String> {
-        let mut guard = self.proto.lock();
-        let proto = guard
-            .as_mut()
-            .ok_or_else(|| Failure::consumed("ProtoJSSandbox"))?;
         // Weak: a registered function must not keep the process alive; an
         // in-flight call is kept alive by its own promise.
         let tsfn = dispatch
@@ -124,8 +149,8 @@ impl HostModule {
             .build()
             .map_err(|e| Failure::internal(format!("cannot register host function: {e}")))?;
         let label = format!("{}.{}", self.name, function_name);
-        proto
-            .register_host_function(&self.name, &function_name, move |args: Value| -> Result<Value, String> {
+        self.target
+            .register(&self.name, &function_name, Box::new(move |args: Value| -> Result<Value, String> {
                 let (tx, rx) = sync_channel::<Reply>(1);
                 let id = next_id();
                 let lane = LANE.with(Cell::get);
@@ -150,8 +175,7 @@ impl HostModule {
                 };
                 let json = reply?;
                 serde_json::from_str(&json).map_err(|e| format!("host function {label} returned invalid JSON: {e}"))
-            })
-            .map_err(Failure::from)?;
+            }))?;
         Ok(())
     }
 }

@@ -22,6 +22,7 @@ mod js_sandbox;
 mod lane;
 mod loaded;
 mod proto;
+mod restorer;
 mod snapshot;
 
 pub use builder::SandboxBuilder;
@@ -31,4 +32,5 @@ pub use interrupt::InterruptHandle;
 pub use js_sandbox::JSSandbox;
 pub use loaded::LoadedJSSandbox;
 pub use proto::ProtoJSSandbox;
+pub use restorer::SandboxRestorer;
 pub use snapshot::Snapshot;

@@ -188,7 +188,10 @@ impl LoadedJSSandbox {
     /// `Promise<void>`.
     #[napi(ts_return_type = "Promise<void>")]
     pub fn restore<'env>(&self, env: &'env Env, snapshot: &Snapshot) -> napi::Result<Object<'env>> {
-        let snap = snapshot.inner().clone();
+        let snap = match snapshot.inner() {
+            Ok(s) => s.clone(),
+            Err(f) => return rejected(env, f),
+        };
         self.run(env, move |loaded| loaded.restore(&snap), |_env, ()| Ok(()))
     }
 
@@ -230,7 +233,10 @@ impl LoadedJSSandbox {
     /// loading the runtime again: `Promise<LoadedJSSandbox>`.
     #[napi(js_name = "_fromSnapshot", ts_return_type = "Promise<LoadedJSSandbox>")]
     pub fn from_snapshot<'env>(env: &'env Env, snapshot: &Snapshot) -> napi::Result<Object<'env>> {
-        let snap = snapshot.inner().clone();
+        let snap = match snapshot.inner() {
+            Ok(s) => s.clone(),
+            Err(f) => return rejected(env, f),
+        };
         Lane::promise_on_new(
             env,
             move || engine::LoadedJSSandbox::from_snapshot(&snap).map_err(Failure::from),

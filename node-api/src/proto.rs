@@ -8,7 +8,7 @@ use napi::bindgen_prelude::Object;
 use napi_derive::napi;
 
 use crate::error::Failure;
-use crate::host::HostModule;
+use crate::host::{HostModule, Target};
 use crate::js_sandbox::JSSandbox;
 use crate::lane::{Lane, Slot, rejected};
 
@@ -46,7 +46,7 @@ impl ProtoJSSandbox {
         if name.is_empty() {
             return Err(Failure::invalid_arg("the host module name must not be empty").into());
         }
-        Ok(HostModule::new(name, self.slot.clone()))
+        Ok(HostModule::new(name, Target::Proto(self.slot.clone())))
     }
 
     /// Loads the JavaScript runtime: `Promise<JSSandbox>`. Consumes this object.

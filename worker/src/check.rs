@@ -5,7 +5,8 @@
 //! environment), checks the `retry_on` codes, then loads every handler's
 //! pool through [`Processor::load`], the worker's own path: real sandboxes,
 //! each handler compiled, `ERR_COMPILE` naming the key and file. Nothing is
-//! connected to; the sandboxes are dropped afterwards.
+//! connected to, the `[snapshots] dir` cache is not used; the sandboxes are
+//! dropped afterwards.
 
 use std::path::Path;
 use std::time::Instant;
@@ -51,7 +52,18 @@ pub async fn check_config(path: &Path) -> Result<CheckSummary, WorkerError> {
     let started = Instant::now();
     let config = WorkerConfig::load(path)?;
     check_retry_codes(&config)?;
-    let processor = Processor::load(&config.handlers, Metrics::new()).await?;
+    // Every handler compiled for real, and nothing written: the snapshot
+    // cache is neither read nor filled.
+    let handlers: Vec<_> = config
+        .handlers
+        .iter()
+        .cloned()
+        .map(|mut h| {
+            h.snapshot_dir = None;
+            h
+        })
+        .collect();
+    let processor = Processor::load(&handlers, Metrics::new()).await?;
     drop(processor);
     Ok(CheckSummary {
         path: config.path.display().to_string(),

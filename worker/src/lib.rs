@@ -3,7 +3,8 @@
 //! engine, and publishes the outcome.
 //!
 //! Modules follow the data flow: [`pool`] keeps loaded sandboxes per routing
-//! key, [`process`] turns one message into an [`process::Outcome`], [`amqp`]
+//! key (from the [`snapshot_cache`] of `[snapshots] dir` when one is
+//! configured), [`process`] turns one message into an [`process::Outcome`], [`amqp`]
 //! moves messages between the broker and the processor with acknowledgements
 //! and publisher confirms, [`stdin`] is the broker-less default, [`http`]
 //! serves health and metrics, [`telemetry`] sets up logs and traces,
@@ -21,6 +22,7 @@ pub mod pool;
 pub mod process;
 pub mod reload;
 pub mod run;
+pub mod snapshot_cache;
 pub mod stdin;
 pub mod telemetry;
 pub mod version;

@@ -18,6 +18,9 @@ pub struct Metrics {
     pub handler_seconds: HistogramVec,
     /// Snapshot restores after a message, by key and result (`ok`, `rebuilt`, `lost`).
     pub restores: IntCounterVec,
+    /// Snapshot cache lookups at pool load, by key and outcome (`hit`,
+    /// `miss`, `rebuild`; `stored` when this worker wrote the entry).
+    pub snapshot_cache: IntCounterVec,
     /// Configured sandboxes per key.
     pub pool_size: IntGaugeVec,
     /// Sandboxes currently running a message, by key.
@@ -88,6 +91,11 @@ impl Metrics {
             "Snapshot restores after a message, by result.",
             &["key", "result"],
         );
+        let snapshot_cache = counter_vec(
+            "hljs_snapshot_cache_total",
+            "Snapshot cache lookups at pool load, by outcome (hit, miss, rebuild, stored).",
+            &["key", "outcome"],
+        );
         let pool_size = gauge_vec("hljs_pool_size", "Sandboxes configured per routing key.");
         let pool_busy = gauge_vec("hljs_pool_busy", "Sandboxes currently running a message.");
         let requeued = counter_vec(
@@ -152,6 +160,7 @@ impl Metrics {
             message_seconds,
             handler_seconds,
             restores,
+            snapshot_cache,
             pool_size,
             pool_busy,
             requeued,

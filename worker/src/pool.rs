@@ -10,12 +10,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use hyperlight_js_config::HandlerConfig;
-use hyperlight_js_engine::{CallOptions, CallStats, LoadedJSSandbox, SandboxBuilder, Snapshot};
+use hyperlight_js_engine::{CallOptions, CallStats, LoadedJSSandbox, Snapshot};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::error::WorkerError;
 use crate::metrics::Metrics;
+use crate::snapshot_cache::{Lookup, SnapshotCache};
 
 /// Loaded sandboxes of one key, all in the state of one snapshot.
 pub struct Pool {
@@ -57,7 +58,9 @@ impl Pool {
     /// a sandbox cloned from that snapshot in which only its own handler is
     /// compiled (so a handler never sees another key's code; one that does
     /// not compile fails here, at start), a snapshot of that state, and
-    /// `pool_size - 1` clones of it.
+    /// `pool_size - 1` clones of it. With `[snapshots] dir`, a key whose
+    /// snapshot is cached is loaded from there instead (no runtime init, no
+    /// compile), and a key built here is stored there.
     pub async fn load_group(
         handlers: Vec<HandlerConfig>,
         metrics: Metrics,
@@ -70,13 +73,16 @@ impl Pool {
         let span = info_span!("pool.load", keys = ?keys);
         let started = Instant::now();
         let group = handlers.clone();
-        let built = tokio::task::spawn_blocking(move || span.in_scope(|| build_group(&group)))
-            .await
-            .map_err(|e| WorkerError::Pool {
-                key: keys.join(", "),
-                file: files.join(", "),
-                source: hyperlight_js_engine::Error::Internal(format!("pool loader panicked: {e}")),
-            })?;
+        let group_metrics = metrics.clone();
+        let built = tokio::task::spawn_blocking(move || {
+            span.in_scope(|| build_group(&group, &group_metrics))
+        })
+        .await
+        .map_err(|e| WorkerError::Pool {
+            key: keys.join(", "),
+            file: files.join(", "),
+            source: hyperlight_js_engine::Error::Internal(format!("pool loader panicked: {e}")),
+        })?;
         let built = built.map_err(|(index, source)| {
             let (key, file) = match index {
                 Some(i) => (keys[i].clone(), files[i].clone()),
@@ -289,42 +295,71 @@ struct Lease {
 type Built = (Snapshot, Vec<LoadedJSSandbox>);
 
 /// See [`Pool::load_group`]. An error carries the index of the handler it
-/// belongs to (`None`: the shared runtime).
+/// belongs to (`None`: the shared runtime). A key whose snapshot is in the
+/// [`SnapshotCache`] skips the runtime init and the compile; the runtime is
+/// initialised only if some key of the group misses.
 fn build_group(
     handlers: &[HandlerConfig],
+    metrics: &Metrics,
 ) -> Result<Vec<Built>, (Option<usize>, hyperlight_js_engine::Error)> {
     let Some(first) = handlers.first() else {
         return Ok(Vec::new());
     };
     let shared = |e: hyperlight_js_engine::Error| (None, e);
-    let proto = SandboxBuilder::new()
-        .heap_size(first.heap_size)
-        .stack_size(first.stack_size)
-        .input_buffer_size(first.max_message_bytes)
-        .output_buffer_size(first.max_result_bytes)
-        .build()
-        .map_err(shared)?;
-    let mut runtime = proto
-        .load_runtime()
-        .map_err(shared)?
-        .get_loaded_sandbox()
-        .map_err(|e| shared(e.into()))?;
-    let runtime_snapshot = runtime.snapshot().map_err(shared)?;
-    let mut spare = Some(runtime);
+    // (the runtime sandbox, not yet used; its snapshot), built on first miss.
+    let mut runtime: Option<(Option<LoadedJSSandbox>, Snapshot)> = None;
     let mut built = Vec::with_capacity(handlers.len());
     for (i, h) in handlers.iter().enumerate() {
         let at = |e: hyperlight_js_engine::Error| (Some(i), e);
-        let base = match spare.take() {
-            Some(sb) => sb,
-            None => LoadedJSSandbox::from_snapshot(&runtime_snapshot).map_err(at)?,
+        let cache = SnapshotCache::of(h);
+        let lookup = cache.as_ref().map(|c| c.load(h));
+        if let Some(l) = &lookup {
+            metrics
+                .snapshot_cache
+                .with_label_values(&[h.key.as_str(), l.label()])
+                .inc();
+            info!(key = %h.key, outcome = l.label(), "snapshot cache lookup");
+        }
+        // The sandbox the snapshot was taken in serves as the pool's first.
+        let (snapshot, first_sandbox) = match lookup {
+            Some(Lookup::Hit(snapshot)) => (snapshot, None),
+            _ => {
+                if runtime.is_none() {
+                    let mut sb = SnapshotCache::builder(first)
+                        .build()
+                        .map_err(shared)?
+                        .load_runtime()
+                        .map_err(shared)?
+                        .get_loaded_sandbox()
+                        .map_err(|e| shared(e.into()))?;
+                    let snap = sb.snapshot().map_err(shared)?;
+                    runtime = Some((Some(sb), snap));
+                }
+                let (spare, runtime_snapshot) = runtime.as_mut().ok_or_else(|| {
+                    shared(hyperlight_js_engine::Error::Internal("no runtime".into()))
+                })?;
+                let base = match spare.take() {
+                    Some(sb) => sb,
+                    None => LoadedJSSandbox::from_snapshot(runtime_snapshot).map_err(at)?,
+                };
+                let mut js = base.unload().map_err(|e| at(e.into()))?;
+                js.add_handler(&h.key, &h.source).map_err(at)?;
+                let mut loaded = js.get_loaded_sandbox().map_err(|e| at(e.into()))?;
+                let snapshot = loaded.snapshot().map_err(at)?;
+                if let Some(c) = &cache
+                    && c.store(h, &snapshot)
+                {
+                    metrics
+                        .snapshot_cache
+                        .with_label_values(&[h.key.as_str(), "stored"])
+                        .inc();
+                }
+                (snapshot, Some(loaded))
+            }
         };
-        let mut js = base.unload().map_err(|e| at(e.into()))?;
-        js.add_handler(&h.key, &h.source).map_err(at)?;
-        let mut loaded = js.get_loaded_sandbox().map_err(|e| at(e.into()))?;
-        let snapshot = loaded.snapshot().map_err(at)?;
         let mut sandboxes = Vec::with_capacity(h.pool_size);
-        sandboxes.push(loaded);
-        for _ in 1..h.pool_size {
+        sandboxes.extend(first_sandbox);
+        while sandboxes.len() < h.pool_size {
             sandboxes.push(LoadedJSSandbox::from_snapshot(&snapshot).map_err(at)?);
         }
         built.push((snapshot, sandboxes));

@@ -186,6 +186,13 @@ and arrays are valid TOML values with the same meaning (JSON escapes are a subse
 {{- $http := get $cfg "http" | default dict -}}
 {{- $_ := set $http "listen" (include "hljs.httpListen" .) -}}
 {{- $_ := set $cfg "http" $http -}}
+{{- if .Values.snapshotCache.enabled -}}
+{{- $snap := get $cfg "snapshots" | default dict -}}
+{{- if not (get $snap "dir") -}}
+{{- $_ := set $snap "dir" .Values.snapshotCache.mountPath -}}
+{{- end -}}
+{{- $_ := set $cfg "snapshots" $snap -}}
+{{- end -}}
 # Rendered by the hyperlight-js-worker Helm chart from the release's values.
 # The AMQP URL comes from the AMQP_URL environment variable (a Secret), never from this file.
 
