@@ -171,7 +171,7 @@ impl Snapshot {
     /// as `<tag>.runtime`. Never overwrite a layout's files in place while a
     /// process may have it loaded: loaded blobs stay memory-mapped. Write a
     /// new directory and rename it instead.
-    #[instrument(name = "snapshot.save", skip_all, fields(tag), err(Display))]
+    #[instrument(name = "snapshot.save", skip_all, fields(tag = %tag), err(Display))]
     pub fn save(&self, dir: impl AsRef<Path>, tag: &str) -> Result<String> {
         save_pair(
             dir.as_ref(),
@@ -275,7 +275,7 @@ impl PersistedSnapshot {
         // Our own read first: it tells a missing tag from a damaged file and
         // an incompatible snapshot from a corrupt one (hyperlight's load
         // errors are plain strings), and pins the tag to one manifest digest.
-        let (digest, _) = find_manifest(dir, &reference)?;
+        let digest = find_manifest(dir, &reference)?;
         let pre = read_metadata(dir, &digest)?;
         check_compatible(&pre)?;
         let digest_ref = OciDigest::from_str(&digest)
@@ -388,8 +388,8 @@ fn blob_path(dir: &Path, digest: &str) -> Result<std::path::PathBuf> {
     Ok(dir.join("blobs").join("sha256").join(hex))
 }
 
-/// The manifest digest and descriptor `reference` names in the layout's index.
-fn find_manifest(dir: &Path, reference: &OciReference) -> Result<(String, Value)> {
+/// The manifest digest `reference` names in the layout's index.
+fn find_manifest(dir: &Path, reference: &OciReference) -> Result<String> {
     if !dir.join("oci-layout").is_file() || !dir.join("index.json").is_file() {
         return Err(Error::SnapshotNotFound(format!(
             "{} holds no snapshot layout",
@@ -419,7 +419,7 @@ fn find_manifest(dir: &Path, reference: &OciReference) -> Result<(String, Value)
         .get("digest")
         .and_then(Value::as_str)
         .ok_or_else(|| Error::SnapshotCorrupt(format!("the entry of {reference} has no digest")))?;
-    Ok((digest.to_owned(), found.clone()))
+    Ok(digest.to_owned())
 }
 
 /// Our metadata as the (unverified) config blob of manifest `digest` holds it.

@@ -5,6 +5,7 @@
 //! as the baseline, all in the same run. Prints one table.
 //!
 //! ```text
+//! cargo build --release -p hyperlight-js-worker
 //! cargo run --release -p hyperlight-js-e2e --bin snapshot-cache-bench
 //! ```
 //! Environment: `BENCH_RUNS` (warm and baseline starts, default 3),
@@ -16,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use hyperlight_js_e2e::{run_within, temp_dir, worker_bin};
+use hyperlight_js_e2e::{run_within, temp_dir};
 
 const KEYS: usize = 6;
 
@@ -71,6 +72,22 @@ fn write_config(dir: &Path, cache: Option<&Path>, kb: usize) -> PathBuf {
     path
 }
 
+/// The worker binary of this profile, beside this one (`cargo build
+/// --release -p hyperlight-js-worker` first); `HLJS_WORKER_BIN` wins.
+fn worker() -> PathBuf {
+    if let Some(bin) = std::env::var_os("HLJS_WORKER_BIN") {
+        return bin.into();
+    }
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.with_file_name("hyperlight-js-worker");
+    assert!(
+        bin.exists(),
+        "{} is missing: cargo build --release -p hyperlight-js-worker",
+        bin.display()
+    );
+    bin
+}
+
 /// One start with one event per key: (pools loaded ms from the worker's own
 /// log line, whole process ms).
 fn start(config: &Path) -> (u64, u64) {
@@ -79,7 +96,7 @@ fn start(config: &Path) -> (u64, u64) {
         .map(|k| format!("{{\"key\":\"bundle{k}\",\"event\":{{\"n\":{k}}}}}\n"))
         .collect();
     std::fs::write(&input, events).unwrap();
-    let mut cmd = Command::new(worker_bin());
+    let mut cmd = Command::new(worker());
     cmd.args(["--config", config.to_str().unwrap(), "--stdin"])
         .stdin(std::fs::File::open(&input).unwrap())
         .env("RUST_LOG", "info")
