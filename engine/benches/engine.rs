@@ -283,42 +283,32 @@ fn kernel_entries(n: usize) {
     println!("| handler | kind | warm: count | after a restore: count | handler µs per entry |");
     println!("|---|---|---|---|---|");
     let mut summary = Vec::new();
-    for (key, event, replay) in [
-        ("echo", EVENT, false),
-        ("echo", EVENT, true),
-        ("order", order.as_str(), false),
-        ("order", order.as_str(), true),
-    ] {
-        sb.replay_working_sets(replay);
-        let key_label = if replay {
-            format!("{key}, working set replayed")
-        } else {
-            key.to_string()
-        };
+    // The replayed and the faulted calls alternate, so that the machine's
+    // load drifts over both alike.
+    for (key, event) in [("echo", EVENT), ("order", order.as_str())] {
         let kinds = hyperlight_js_abi::KERNEL_ENTRY_KINDS;
-        let mut warm_counts = vec![Vec::new(); kinds.len()];
-        let mut cold_counts = vec![Vec::new(); kinds.len()];
-        let mut cold_micros = vec![Vec::new(); kinds.len()];
-        let mut warm_t = Vec::new();
-        let mut cold_t = Vec::new();
+        let mut runs = [Samples::new(kinds.len()), Samples::new(kinds.len())];
         for _ in 0..n {
-            sb.restore(&snap).expect("restore");
-            let t = Instant::now();
-            sb.call_handler_json(key, event, &no_gc).expect("call");
-            cold_t.push(t.elapsed());
-            for e in sb.guest_kernel_stats().expect("stats") {
-                let i = kinds.iter().position(|k| *k == e.kind).expect("known kind");
-                cold_counts[i].push(e.count as f64);
-                if e.count > 0 {
-                    cold_micros[i].push(e.handler_micros / e.count as f64);
+            for (replay, samples) in [false, true].into_iter().zip(runs.iter_mut()) {
+                sb.replay_working_sets(replay);
+                sb.restore(&snap).expect("restore");
+                let t = Instant::now();
+                sb.call_handler_json(key, event, &no_gc).expect("call");
+                samples.cold_t.push(t.elapsed());
+                for e in sb.guest_kernel_stats().expect("stats") {
+                    let i = kinds.iter().position(|k| *k == e.kind).expect("known kind");
+                    samples.cold_counts[i].push(e.count as f64);
+                    if e.count > 0 {
+                        samples.cold_micros[i].push(e.handler_micros / e.count as f64);
+                    }
                 }
-            }
-            let t = Instant::now();
-            sb.call_handler_json(key, event, &no_gc).expect("call");
-            warm_t.push(t.elapsed());
-            for e in sb.guest_kernel_stats().expect("stats") {
-                let i = kinds.iter().position(|k| *k == e.kind).expect("known kind");
-                warm_counts[i].push(e.count as f64);
+                let t = Instant::now();
+                sb.call_handler_json(key, event, &no_gc).expect("call");
+                samples.warm_t.push(t.elapsed());
+                for e in sb.guest_kernel_stats().expect("stats") {
+                    let i = kinds.iter().position(|k| *k == e.kind).expect("known kind");
+                    samples.warm_counts[i].push(e.count as f64);
+                }
             }
         }
         let median = |v: &mut Vec<f64>| {
@@ -328,27 +318,37 @@ fn kernel_entries(n: usize) {
             v.sort_by(f64::total_cmp);
             v[v.len() / 2]
         };
-        let (mut cold_entries, mut warm_entries, mut handler_ms) = (0.0, 0.0, 0.0);
-        for (i, kind) in kinds.iter().enumerate() {
-            let (w, c, us) = (
-                median(&mut warm_counts[i]),
-                median(&mut cold_counts[i]),
-                median(&mut cold_micros[i]),
+        for (replay, mut samples) in [false, true].into_iter().zip(runs) {
+            let key_label = if replay {
+                format!("{key}, working set replayed")
+            } else {
+                key.to_string()
+            };
+            let (mut cold_entries, mut warm_entries, mut handler_ms) = (0.0, 0.0, 0.0);
+            for (i, kind) in kinds.iter().enumerate() {
+                let (w, c, us) = (
+                    median(&mut samples.warm_counts[i]),
+                    median(&mut samples.cold_counts[i]),
+                    median(&mut samples.cold_micros[i]),
+                );
+                warm_entries += w;
+                cold_entries += c;
+                handler_ms += c * us / 1e3;
+                println!("| {key_label} | {kind} | {w} | {c} | {us:.1} |");
+            }
+            let (warm, cold) = (
+                Stats(sorted(samples.warm_t)).p50(),
+                Stats(sorted(samples.cold_t)).p50(),
             );
-            warm_entries += w;
-            cold_entries += c;
-            handler_ms += c * us / 1e3;
-            println!("| {key_label} | {kind} | {w} | {c} | {us:.1} |");
+            summary.push((
+                key_label,
+                warm,
+                cold,
+                warm_entries,
+                cold_entries,
+                handler_ms,
+            ));
         }
-        let (warm, cold) = (Stats(sorted(warm_t)).p50(), Stats(sorted(cold_t)).p50());
-        summary.push((
-            key_label,
-            warm,
-            cold,
-            warm_entries,
-            cold_entries,
-            handler_ms,
-        ));
     }
     println!();
     println!(
@@ -367,6 +367,27 @@ fn kernel_entries(n: usize) {
             ms(warm),
             ms(cold)
         );
+    }
+}
+
+/// One variant's samples in [`kernel_entries`], per kind of entry.
+struct Samples {
+    warm_counts: Vec<Vec<f64>>,
+    cold_counts: Vec<Vec<f64>>,
+    cold_micros: Vec<Vec<f64>>,
+    warm_t: Vec<Duration>,
+    cold_t: Vec<Duration>,
+}
+
+impl Samples {
+    fn new(kinds: usize) -> Self {
+        Self {
+            warm_counts: vec![Vec::new(); kinds],
+            cold_counts: vec![Vec::new(); kinds],
+            cold_micros: vec![Vec::new(); kinds],
+            warm_t: Vec::new(),
+            cold_t: Vec::new(),
+        }
     }
 }
 
