@@ -5,6 +5,8 @@
 //! nothing that a fault would not.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use hyperlight_js_engine::{CallOptions, GuestMode, LoadedJSSandbox, SandboxBuilder};
 use serde_json::{Value, json};
 
@@ -29,11 +31,10 @@ fn order(id: u32) -> Value {
     json!({ "id": format!("order-{id}"), "items": items })
 }
 
+/// User mode whatever `HYPERLIGHT_JS_GUEST_MODE` says: only user mode has a
+/// working set (common's helpers follow the variable).
 fn loaded() -> LoadedJSSandbox {
-    assert!(
-        hyperlight_js_engine::hypervisor_available(),
-        "needs /dev/kvm"
-    );
+    common::require_kvm();
     let mut js = SandboxBuilder::new()
         .guest_mode(GuestMode::User)
         .build()
