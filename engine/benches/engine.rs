@@ -97,10 +97,13 @@ fn raw_echo(raw: &mut hyperlight_host::Sandbox) {
     let args = (
         EVENT_KEY.to_string(),
         EVENT.to_string(),
+        "{}".to_string(),
         false,
         0u64,
         0u64,
         0u64,
+        String::new(),
+        false,
     );
     let _: String = raw.call(guest_fn::CALL_HANDLER, args).expect("raw call");
 }
