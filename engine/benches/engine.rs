@@ -5,6 +5,8 @@
 //! engine layer. Run with `cargo bench -p hyperlight-js-engine`.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+mod emulated;
+
 use std::time::{Duration, Instant};
 
 use hyperlight_host::sandbox::snapshot::Snapshot as HlSnapshot;
@@ -129,9 +131,11 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(30);
     let config = SandboxConfig::default();
-    // BENCH_ONLY=entries prints only the kernel-entry tables.
+    // BENCH_ONLY=entries prints only the kernel-entry and emulated-instruction tables.
     if std::env::var("BENCH_ONLY").is_ok_and(|v| v == "entries") {
         kernel_entries(n);
+        println!();
+        emulated_instructions(n);
         return;
     }
 
@@ -245,6 +249,8 @@ fn main() {
     guest_modes(n);
     println!();
     kernel_entries(n);
+    println!();
+    emulated_instructions(n);
 }
 
 /// The comparison handler: the total of an order's 20 line items.
@@ -371,6 +377,167 @@ fn kernel_entries(n: usize) {
             ms(cold)
         );
     }
+}
+
+/// Guest-kernel instructions KVM emulates per call (kvm-pvm emulates every
+/// CPL0 instruction, at ~1-2 µs each): a warm call, a call right after a
+/// restore with and without the working-set replay, and where the latter go.
+/// Its own sandbox, with the kernel's entry counters off as in production.
+fn emulated_instructions(n: usize) {
+    let title = "Emulated guest-kernel instructions per call (kvm:kvm_emulate_insn)";
+    let mut tracer = match emulated::Tracer::open() {
+        Ok(t) => t,
+        Err(why) => {
+            println!("{title}: skipped, {why}.");
+            return;
+        }
+    };
+    let no_gc = CallOptions::default().gc(false);
+    let mut js = SandboxBuilder::new()
+        .build()
+        .expect("build")
+        .load_runtime()
+        .expect("load");
+    js.add_handler("echo", ECHO).expect("add");
+    js.add_handler("order", ORDER).expect("add");
+    let mut sb = js.get_loaded_sandbox().expect("loaded");
+    let snap = sb.snapshot().expect("snapshot");
+    let order = order_event();
+    // Per handler: warm counts, and per replay setting the counts and the
+    // merged trace of the calls after a restore.
+    let mut results = Vec::new();
+    let traced = (|| -> Result<(), String> {
+        for (key, event) in [("echo", EVENT), ("order", order.as_str())] {
+            let mut warm = Vec::new();
+            let mut cold: [(Vec<u64>, emulated::Trace); 2] = Default::default();
+            // The first call of a handler after a restore records its working set.
+            for replay in [false, true] {
+                sb.replay_working_sets(replay);
+                sb.restore(&snap).expect("restore");
+                sb.call_handler_json(key, event, &no_gc).expect("call");
+            }
+            // Alternated, as in the kernel-entry tables.
+            for _ in 0..n {
+                for (replay, (counts, merged)) in [false, true].into_iter().zip(cold.iter_mut()) {
+                    sb.replay_working_sets(replay);
+                    sb.restore(&snap).expect("restore");
+                    let t = tracer.trace(|| {
+                        sb.call_handler_json(key, event, &no_gc).expect("call");
+                    })?;
+                    counts.push(t.total);
+                    merged.merge(t);
+                    let t = tracer.trace(|| {
+                        sb.call_handler_json(key, event, &no_gc).expect("call");
+                    })?;
+                    warm.push(t.total);
+                }
+            }
+            results.push((key, warm, cold));
+        }
+        Ok(())
+    })();
+    if let Err(why) = traced {
+        println!("{title}: skipped, {why}.");
+        return;
+    }
+    drop(tracer);
+    let median = |v: &mut Vec<u64>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    println!("{title}, medians of {n} calls (warm: of {}):", 2 * n);
+    println!();
+    println!(
+        "| handler | warm call | call after a restore | after a restore, working set replayed |"
+    );
+    println!("|---|---|---|---|");
+    for (key, warm, cold) in &mut results {
+        let [(plain, _), (replayed, _)] = cold;
+        println!(
+            "| {key} | {} | {} | {} |",
+            median(warm),
+            median(plain),
+            median(replayed)
+        );
+    }
+
+    let symbols = match emulated::Symbols::new(hyperlight_js_engine::GUEST) {
+        Ok(s) => s,
+        Err(why) => {
+            println!();
+            println!("Per-function breakdown skipped: {why}.");
+            return;
+        }
+    };
+    let columns: Vec<(String, &emulated::Trace)> = results
+        .iter()
+        .flat_map(|(key, _, [(_, plain), (_, replayed)])| {
+            [
+                (key.to_string(), plain),
+                (format!("{key}, replayed"), replayed),
+            ]
+        })
+        .collect();
+    let offset = match symbols.load_offset(columns[0].1) {
+        Ok(o) => o,
+        Err(why) => {
+            println!();
+            println!("Per-function breakdown skipped: {why}.");
+            return;
+        }
+    };
+    let per: Vec<Vec<(String, f64)>> = columns
+        .iter()
+        .map(|(_, t)| symbols.per_function(t, offset, n))
+        .collect();
+    // The top functions by their sum over the columns.
+    let mut ranked: Vec<(String, f64)> = Vec::new();
+    for (name, v) in per.iter().flatten() {
+        match ranked.iter_mut().find(|(r, _)| r == name) {
+            Some(r) => r.1 += v,
+            None => ranked.push((name.clone(), *v)),
+        }
+    }
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+    ranked.truncate(12);
+    let cell = |col: &[(String, f64)], name: &str| {
+        col.iter().find(|(f, _)| f == name).map_or(0.0, |(_, v)| *v)
+    };
+    println!();
+    println!(
+        "Where the calls after a restore spend them: instructions per call (means of {n}), top {} guest functions (guest rip = ELF vaddr + {offset:#x}):",
+        ranked.len()
+    );
+    println!();
+    println!(
+        "| function | {} |",
+        columns
+            .iter()
+            .map(|(c, _)| c.as_str())
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    println!("|---|{}", "---|".repeat(columns.len()));
+    for (name, _) in &ranked {
+        let cells: Vec<String> = per
+            .iter()
+            .map(|col| format!("{:.0}", cell(col, name)))
+            .collect();
+        println!("| `{name}` | {} |", cells.join(" | "));
+    }
+    let rest: Vec<String> = per
+        .iter()
+        .map(|col| {
+            let top: f64 = ranked.iter().map(|(name, _)| cell(col, name)).sum();
+            format!("{:.0}", col.iter().map(|(_, v)| v).sum::<f64>() - top)
+        })
+        .collect();
+    println!("| everything else | {} |", rest.join(" | "));
+    let totals: Vec<String> = columns
+        .iter()
+        .map(|(_, t)| format!("{:.0}", t.total as f64 / n as f64))
+        .collect();
+    println!("| total | {} |", totals.join(" | "));
 }
 
 /// One variant's samples in [`kernel_entries`], per kind of entry.
