@@ -1,5 +1,7 @@
 //! x86-64 page-table entries as hyperlight 0.18 writes them, and the page walk's arithmetic.
 
+use crate::fault::{Perms, Recorded};
+
 /// The entry maps something.
 pub const PRESENT: u64 = 1;
 /// Writes allowed.
@@ -68,6 +70,44 @@ pub const fn read_view(leaf: u64) -> u64 {
     (leaf & ADDR) | PRESENT | USER
 }
 
+/// A leaf after a copy-on-write the kernel takes for its own write: the new
+/// page `pa`, writable, with the user bit as it was (a kernel-only page stays
+/// closed, a page user mode could read stays readable).
+pub const fn after_kernel_copy(leaf: u64, pa: u64) -> u64 {
+    (leaf & !(ADDR | COW)) | (pa & ADDR) | RW
+}
+
+/// hyperlight's software bits on a leaf that is not present: bit 2 marks a
+/// zero-fill page, bits 8–10 its permissions (read, write, execute).
+const ZERO_INIT: u64 = 1 << 2;
+const ZERO_INIT_WRITABLE: u64 = 1 << 9;
+const ZERO_INIT_EXECUTABLE: u64 = 1 << 10;
+/// The three software-available bits of a present leaf; hyperlight's
+/// copy-on-write mark is the value [`COW`] of all three.
+const AVL: u64 = 0xE00;
+
+/// How hyperlight records a page, read from its leaf entry alone, exactly
+/// as hyperlight-common's walker decodes it (without the walk through its
+/// generic table operations, ~1 000 emulated instructions a lookup here).
+pub const fn recorded(leaf: u64) -> Recorded {
+    if leaf & PRESENT == 0 {
+        if leaf & ZERO_INIT == 0 {
+            return Recorded::Other;
+        }
+        return Recorded::ZeroInit(Perms {
+            writable: leaf & ZERO_INIT_WRITABLE != 0,
+            executable: leaf & ZERO_INIT_EXECUTABLE != 0,
+        });
+    }
+    if leaf & AVL == COW {
+        Recorded::Cow {
+            executable: leaf & NX == 0,
+        }
+    } else {
+        Recorded::Other
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,6 +147,17 @@ mod tests {
         assert_eq!(upper(LARGE), Upper::Missing);
         assert_eq!(upper(0x2000 | PRESENT | LARGE), Upper::Large);
         assert_eq!(upper(0x2000 | PRESENT | RW), Upper::Descend);
+    }
+
+    #[test]
+    fn a_kernel_copy_keeps_the_user_bit_as_it_was() {
+        let closed = 0x7000 | PRESENT | COW;
+        assert_eq!(after_kernel_copy(closed, 0x9000), 0x9000 | PRESENT | RW);
+        let open = closed | USER | NX;
+        assert_eq!(
+            after_kernel_copy(open, 0x9000),
+            0x9000 | PRESENT | RW | USER | NX
+        );
     }
 
     #[test]

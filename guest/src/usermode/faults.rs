@@ -2,7 +2,7 @@
 //! kernel's own, and the report that ends the VM on a kernel bug.
 
 use hyperlight_js_guest_mm::fault::{Decision, FaultKind, PageFault, decide, decide_kernel};
-use hyperlight_js_guest_mm::{PAGE_SIZE, UserRegions};
+use hyperlight_js_guest_mm::{PAGE_SIZE, UserRegions, pte};
 
 use super::kpage::{Entry, KState, kpage_addr};
 use super::{Fault, USTACK_TOP, paging, working_set};
@@ -36,7 +36,7 @@ pub fn user_page_fault(k: &mut KState, addr: u64) -> Result<Entry, Fault> {
     };
     // SAFETY: a live leaf entry.
     let v = leaf.map(|e| unsafe { e.read_volatile() });
-    let decision = decide(fault, &regions, k.heap, v, || paging::recorded(addr));
+    let decision = decide(fault, &regions, k.heap, v, || paging::recorded(k, addr));
     if matches!(decision, Decision::Open | Decision::CopyOnWrite) {
         working_set::record(k, addr, decision);
     }
@@ -81,15 +81,18 @@ fn kernel_page_fault(fault: PageFault) -> bool {
     use hyperlight_guest::layout::{MAIN_STACK_LIMIT_GVA, MAIN_STACK_TOP_GVA};
     use hyperlight_js_guest_mm::fault::Recorded;
     let in_main_stack = (MAIN_STACK_LIMIT_GVA..MAIN_STACK_TOP_GVA).contains(&fault.addr);
-    let recorded = paging::recorded(fault.addr);
-    match decide_kernel(fault, in_main_stack, recorded) {
+    let leaf = paging::peek_leaf(fault.addr);
+    // SAFETY: a live leaf entry.
+    let recorded = leaf.map_or(Recorded::Other, |e| {
+        pte::recorded(unsafe { e.read_volatile() })
+    });
+    match (decide_kernel(fault, in_main_stack, recorded), leaf) {
         // SAFETY: kernel mode; the page was not present.
-        Some(Decision::MapZeroed(perms)) => unsafe { paging::map_zeroed(fault.addr, perms) },
-        Some(Decision::CopyOnWrite) => {
-            let executable = matches!(recorded, Recorded::Cow { executable: true });
-            // SAFETY: kernel mode; a mapped copy-on-write page (decided above).
-            unsafe { paging::copy_for_kernel(fault.addr, executable) }
-        }
+        (Some(Decision::MapZeroed(perms)), _) => unsafe { paging::map_zeroed(fault.addr, perms) },
+        // SAFETY: kernel mode; the live leaf of a copy-on-write page (decided above).
+        (Some(Decision::CopyOnWrite), Some(leaf)) => unsafe {
+            paging::copy_for_kernel(leaf, fault.addr)
+        },
         _ => false,
     }
 }

@@ -7,7 +7,7 @@
 use core::arch::{asm, global_asm};
 
 use hyperlight_common::vmem::{BasicMapping, MappingKind};
-use hyperlight_js_guest_mm::fault::Perms;
+use hyperlight_js_guest_mm::fault::{Perms, Recorded};
 use hyperlight_js_guest_mm::pte::{self, LEVELS, PRESENT, RW, USER, Upper};
 use hyperlight_js_guest_mm::{PAGE_SIZE, page_of};
 
@@ -19,22 +19,31 @@ pub const COPY_WINDOW: u64 = 0xffff_f000_2000_0000;
 
 const RFLAGS_DF: u64 = 1 << 10;
 
-/// The entry for `va` in `table` (an entry of the level above) at `level`.
-fn entry_in(k: &KState, table: u64, va: u64, level: u32) -> Option<*mut u64> {
-    let [gpa, gva] = k.scratch;
+/// The entry for `va` in `table` (an entry of the level above) at `level`,
+/// with the page tables' scratch region at `scratch` (physical, virtual).
+fn entry_at(scratch: [u64; 2], table: u64, va: u64, level: u32) -> Option<*mut u64> {
+    let [gpa, gva] = scratch;
     let t = pte::table_va(table, gpa, gva)? as *mut u64;
     // SAFETY: the index is below 512, the entries of a 4 KiB table.
     Some(unsafe { t.add(pte::index(va, level)) })
+}
+
+fn entry_in(k: &KState, table: u64, va: u64, level: u32) -> Option<*mut u64> {
+    entry_at(k.scratch, table, va, level)
+}
+
+fn cr3() -> u64 {
+    let cr3: u64;
+    // SAFETY: reading CR3 in kernel mode.
+    unsafe { asm!("mov {}, cr3", out(reg) cr3, options(nomem, nostack)) };
+    cr3
 }
 
 /// The entry that points at the leaf table of `va`, with the user bit set
 /// on the levels above the leaves; `None` if a level above is missing or a
 /// large page. Every page in the same 2 MiB shares it.
 pub fn leaf_table(k: &KState, va: u64) -> Option<u64> {
-    let cr3: u64;
-    // SAFETY: reading CR3 in kernel mode.
-    unsafe { asm!("mov {}, cr3", out(reg) cr3, options(nomem, nostack)) };
-    let mut table = cr3;
+    let mut table = cr3();
     for level in 0..LEVELS - 1 {
         let e = entry_in(k, table, va, level)?;
         // SAFETY: `e` points into a live page table in scratch memory.
@@ -92,22 +101,34 @@ pub fn writable_page(k: &KState, va: u64) -> bool {
     })
 }
 
-/// How hyperlight records the page of `va` (a zero-fill page, copy-on-write…).
-pub fn recorded(va: u64) -> hyperlight_js_guest_mm::fault::Recorded {
-    use hyperlight_js_guest_mm::fault::Recorded;
-    match hyperlight_guest_bin::paging::virt_to_phys(page_of(va))
-        .next()
-        .map(|m| m.kind)
-    {
-        Some(MappingKind::ZeroInit(bm)) => Recorded::ZeroInit(Perms {
-            writable: bm.writable,
-            executable: bm.executable,
-        }),
-        Some(MappingKind::Cow(cm)) => Recorded::Cow {
-            executable: cm.executable,
-        },
-        _ => Recorded::Other,
+/// How hyperlight records the page of `va` (a zero-fill page, copy-on-write…),
+/// read from its leaf entry: the upper levels are opened on the way (the
+/// caller has checked that user mode may have `va`).
+pub fn recorded(k: &KState, va: u64) -> Recorded {
+    // SAFETY: a live leaf entry.
+    leaf_entry(k, va).map_or(Recorded::Other, |e| {
+        pte::recorded(unsafe { e.read_volatile() })
+    })
+}
+
+/// The leaf entry of `va`, found without writing any table and without the
+/// kernel page (a user trap may hold it), for the kernel's own faults;
+/// `None` if a level above is missing or a large page.
+pub fn peek_leaf(va: u64) -> Option<*mut u64> {
+    let scratch = [
+        hyperlight_guest::layout::scratch_base_gpa(),
+        hyperlight_guest::layout::scratch_base_gva(),
+    ];
+    let mut table = cr3();
+    for level in 0..LEVELS - 1 {
+        // SAFETY: `entry_at` points into a live page table in scratch memory.
+        let v = unsafe { entry_at(scratch, table, va, level)?.read_volatile() };
+        if pte::upper(v) != Upper::Descend {
+            return None;
+        }
+        table = v;
     }
+    entry_at(scratch, table, va, LEVELS - 1)
 }
 
 /// A fresh physical page, and where the kernel sees it.
@@ -166,30 +187,24 @@ unsafe fn copy_in_kernel(leaf: *mut u64, va: u64) -> bool {
 }
 
 /// Copy-on-write for a fault of the kernel itself: copies the page of `va`
-/// into a fresh one and maps that in place through hyperlight's mapper,
-/// writable and kernel-only. Uses neither the kernel page nor the heap: it
-/// may run while a user trap is being handled.
+/// into a fresh one and puts that in place through `leaf`, writable, with
+/// every other bit as it was (the bits hyperlight's mapper would write for
+/// the copy, except that a page already open to user mode stays open: user
+/// mode could have had the same copy by writing it). Uses neither the
+/// kernel page nor the heap: it may run while a user trap is being handled.
 ///
 /// # Safety
-/// Kernel mode; `va` is a mapped copy-on-write page.
-pub unsafe fn copy_for_kernel(va: u64, executable: bool) -> bool {
+/// Kernel mode; `leaf` is the live leaf entry of `va`, a copy-on-write page.
+pub unsafe fn copy_for_kernel(leaf: *mut u64, va: u64) -> bool {
     let Some((pa, dst)) = fresh_page() else {
         return false;
     };
     let page = page_of(va);
-    // SAFETY: the caller's contract; the destination is a whole unused page.
+    // SAFETY: the caller's contract; the source page is mapped (read-only),
+    // the destination is a whole unused page.
     unsafe {
         copy_page(page as *const u8, dst);
-        hyperlight_guest_bin::paging::map_region(
-            pa,
-            page as *mut u8,
-            PAGE_SIZE,
-            MappingKind::Basic(BasicMapping {
-                readable: true,
-                writable: true,
-                executable,
-            }),
-        );
+        leaf.write_volatile(pte::after_kernel_copy(leaf.read_volatile(), pa));
         asm!("invlpg [{}]", in(reg) page, options(nostack));
     }
     true
