@@ -16,8 +16,8 @@ const VA: u64 = (1 << 39) | (1 << 30) | (1 << 21) | (1 << 12);
 impl Tables {
     fn with_leaf(leaf: u64) -> Self {
         let mut t = vec![[0u64; 512]; 4];
-        for level in 0..3 {
-            t[level][1] = ((level as u64 + 1) << 12) | PRESENT | RW | USER;
+        for (level, table) in (1u64..).zip(t.iter_mut().take(3)) {
+            table[1] = (level << 12) | PRESENT | RW | USER;
         }
         t[3][1] = leaf;
         Self(t)

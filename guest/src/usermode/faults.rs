@@ -2,7 +2,7 @@
 //! kernel's own, and the report that ends the VM on a kernel bug.
 
 use hyperlight_js_guest_mm::fault::{Decision, FaultKind, PageFault, decide, decide_kernel};
-use hyperlight_js_guest_mm::{PAGE_SIZE, UserRegions, pte};
+use hyperlight_js_guest_mm::{PAGE_SIZE, UserRegions};
 
 use super::kpage::{Entry, KState, kpage_addr};
 use super::{Fault, USTACK_TOP, paging, working_set};
@@ -79,13 +79,9 @@ pub extern "C" fn hljs_kernel_fault(vector: u64, err: u64, cr2: u64, rip: u64) {
 
 fn kernel_page_fault(fault: PageFault) -> bool {
     use hyperlight_guest::layout::{MAIN_STACK_LIMIT_GVA, MAIN_STACK_TOP_GVA};
-    use hyperlight_js_guest_mm::fault::Recorded;
     let in_main_stack = (MAIN_STACK_LIMIT_GVA..MAIN_STACK_TOP_GVA).contains(&fault.addr);
     let leaf = paging::peek_leaf(fault.addr);
-    // SAFETY: a live leaf entry.
-    let recorded = leaf.map_or(Recorded::Other, |e| {
-        pte::recorded(unsafe { e.read_volatile() })
-    });
+    let recorded = paging::recorded_at(leaf);
     match (decide_kernel(fault, in_main_stack, recorded), leaf) {
         // SAFETY: kernel mode; the page was not present.
         (Some(Decision::MapZeroed(perms)), _) => unsafe { paging::map_zeroed(fault.addr, perms) },

@@ -105,8 +105,13 @@ pub fn writable_page(k: &KState, va: u64) -> bool {
 /// read from its leaf entry: the upper levels are opened on the way (the
 /// caller has checked that user mode may have `va`).
 pub fn recorded(k: &KState, va: u64) -> Recorded {
-    // SAFETY: a live leaf entry.
-    leaf_entry(k, va).map_or(Recorded::Other, |e| {
+    recorded_at(leaf_entry(k, va))
+}
+
+/// How hyperlight records the page whose leaf entry is `leaf` (from a walk).
+pub fn recorded_at(leaf: Option<*mut u64>) -> Recorded {
+    leaf.map_or(Recorded::Other, |e| {
+        // SAFETY: a live leaf entry.
         pte::recorded(unsafe { e.read_volatile() })
     })
 }
