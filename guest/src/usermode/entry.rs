@@ -7,9 +7,9 @@
 use core::arch::global_asm;
 
 use super::kpage::{
-    K_ALLOC_GVA, K_ALLOC_LIMIT, K_COPIED, K_ERR, K_FRAME, K_GENERATION_GVA, K_HEAP, K_OPENED,
-    K_RSP, K_SCRATCH_DELTA, K_SCRATCH_GPA, K_TRAPS, K_USER, K_VECTOR, K_WINDOW, K_WS, K_WS_LEN,
-    K_WS_ON,
+    K_ALLOC_GVA, K_ALLOC_LIMIT, K_ARENA, K_COPIED, K_ERR, K_FRAME, K_GENERATION_GVA, K_HEAP,
+    K_OPENED, K_RSP, K_SCRATCH_DELTA, K_SCRATCH_GPA, K_TRAPS, K_USER, K_USTACK_LIMIT, K_VECTOR,
+    K_WINDOW, K_WS, K_WS_LEN, K_WS_ON,
 };
 
 pub const SEL_KDATA: u64 = 0x10;
@@ -94,7 +94,8 @@ global_asm!(
     // emulated here (~1 µs each), so it saves six registers, not the whole
     // state, and walks the tables itself. It serves only a subset of what
     // `hyperlight_js_guest_mm::decide` serves, the same way: a low-half page
-    // other than the kernel page, through tables in scratch, no large page,
+    // other than the kernel page, or a page of the user stack or the
+    // transport arena in the upper half, through tables in scratch, no large page,
     // no reserved bit, a leaf not open yet; it opens a fetch (not from a
     // no-execute page), a write to a writable page and a read of a page that
     // is not copy-on-write outside the heap; it copies a write to a
@@ -115,7 +116,19 @@ global_asm!(
     "mov rax, cr2",
     "mov rcx, rax",
     "shr rcx, 47",
-    "jnz 8f",
+    "jz 10f",
+    // The upper half: the user stack (not its guard page) and the arena only.
+    "cmp rax, [rip + {kpage} + {k_ustack_limit}]",
+    "jb 11f",
+    "mov rcx, {ustack_top}",
+    "cmp rax, rcx",
+    "jb 10f",
+    "11:",
+    "cmp rax, [rip + {kpage} + {k_arena}]",
+    "jb 8f",
+    "cmp rax, [rip + {kpage} + {k_arena} + 8]",
+    "jae 8f",
+    "10:",
     "lea rdx, [rip + {kpage}]",
     "mov rcx, rax",
     "and rcx, -4096",
@@ -349,6 +362,9 @@ global_asm!(
     k_frame = const K_FRAME,
     kernel_fault = sym super::faults::hljs_kernel_fault,
     k_gpa = const K_SCRATCH_GPA,
+    k_ustack_limit = const K_USTACK_LIMIT,
+    k_arena = const K_ARENA,
+    ustack_top = const super::USER_STACK_TOP,
     k_delta = const K_SCRATCH_DELTA,
     k_traps = const K_TRAPS,
     k_opened = const K_OPENED,
