@@ -96,10 +96,10 @@ global_asm!(
     // `hyperlight_js_guest_mm::decide` serves, the same way: a low-half page
     // other than the kernel page, or a page of the user stack or the
     // transport arena in the upper half, through tables in scratch, no large page,
-    // no reserved bit, a leaf not open yet; it opens a fetch (not from a
+    // no reserved bit; for a leaf not open yet, it opens a fetch (not from a
     // no-execute page), a write to a writable page and a read of a page that
     // is not copy-on-write outside the heap; it copies a write to a
-    // copy-on-write page and a read of one in the heap, when the copy window
+    // copy-on-write page (open or not) and a read of one in the heap, when the copy window
     // is valid for this snapshot generation and the allocator has a page.
     // Anything else goes to the full path, which decides again from scratch.
     // Stack after the pushes: r9, r8, rsi, rdx, rcx, rax, err, rip, cs, rflags, ...
@@ -171,7 +171,7 @@ global_asm!(
     "jz 8f",
     // The leaf: rcx = entry, rdx = its address.
     "test cl, 4",
-    "jnz 8f",
+    "jnz 12f",
     "test byte ptr [rsp + 48], 0x10",
     "jz 3f",
     "bt rcx, 63",
@@ -182,6 +182,17 @@ global_asm!(
     "jz 4f",
     "test cl, 2",
     "jnz 5f",
+    "test ecx, 0x200",
+    "jz 8f",
+    "jmp 6f",
+    // Open already (read before): only a write to a copy-on-write page.
+    "12:",
+    "test byte ptr [rsp + 48], 0x10",
+    "jnz 8f",
+    "test byte ptr [rsp + 48], 2",
+    "jz 8f",
+    "test cl, 2",
+    "jnz 8f",
     "test ecx, 0x200",
     "jz 8f",
     "jmp 6f",

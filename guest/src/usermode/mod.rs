@@ -192,6 +192,9 @@ pub fn call_begins() {
         k.last_stats = k.stats;
         k.stats = [[0; 2]; ENTRY_KINDS];
     }
+    if k.enabled {
+        paging::prepare_copies(k);
+    }
 }
 
 /// The address of the kernel page, for tests that prove user mode cannot read it.

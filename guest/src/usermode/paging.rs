@@ -291,6 +291,22 @@ pub fn window_leaf(k: &mut KState) -> Option<*mut u64> {
     Some(leaf)
 }
 
+/// Readies the #PF fast path's copy-on-write for a call, in kernel mode on
+/// the kernel stack: finds the copy window's leaf (else the call's first
+/// copy would leave the fast path for it), and has [`COW_COPY`]'s page
+/// copied (a restore makes it copy-on-write again, and the fast path writes
+/// it on the exception stack, where a fault of its own would overwrite the
+/// frame it runs on).
+pub fn prepare_copies(k: &mut KState) {
+    let _ = window_leaf(k);
+    // SAFETY: kernel mode, no user run in progress: nothing else uses the
+    // descriptor; the write stores the value already there.
+    unsafe {
+        let rip = &raw mut (*(&raw mut COW_COPY)).rip;
+        rip.write_volatile(rip.read_volatile());
+    }
+}
+
 /// Copies one page with a single `rep movsq`: kernel mode is emulated on
 /// kvm-pvm, and the emulator runs a string instruction as one, where the
 /// generic `memcpy` loop costs ~2 000 emulated instructions (~1.6 ms).
