@@ -302,7 +302,8 @@ pub fn prepare_copies(k: &mut KState) {
     // SAFETY: kernel mode, no user run in progress: nothing else uses the
     // descriptor; the write stores the value already there.
     unsafe {
-        let rip = &raw mut (*(&raw mut COW_COPY)).rip;
+        let c = &raw mut COW_COPY;
+        let rip = &raw mut (*c).rip;
         rip.write_volatile(rip.read_volatile());
     }
 }
