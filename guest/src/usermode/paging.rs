@@ -298,6 +298,10 @@ pub fn window_leaf(k: &mut KState) -> Option<*mut u64> {
 /// it on the exception stack, where a fault of its own would overwrite the
 /// frame it runs on).
 pub fn prepare_copies(k: &mut KState) {
+    // Both hold until the next restore or snapshot, which change the generation.
+    if k.window[0] != 0 && k.window[1] == crate::transport::generation() {
+        return;
+    }
     let _ = window_leaf(k);
     // SAFETY: kernel mode, no user run in progress: nothing else uses the
     // descriptor; the write stores the value already there.
