@@ -20,8 +20,9 @@ pub const COPIED: u64 = 1;
 /// and user mode must copy the next window slot into it.
 pub const PENDING: u64 = 2;
 
-/// Longest working set the kernel records and replays.
-pub const MAX_PAGES: usize = 256;
+/// Longest working set the kernel records and replays (what the kernel
+/// page has room for beside the rest of its state).
+pub const MAX_PAGES: usize = 240;
 
 /// The entry recording a fault at `addr` that the kernel served with `decision`.
 pub const fn record(addr: u64, decision: Decision) -> u64 {

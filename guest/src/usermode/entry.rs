@@ -8,8 +8,8 @@ use core::arch::global_asm;
 
 use super::kpage::{
     K_ALLOC_GVA, K_ALLOC_LIMIT, K_ARENA, K_COPIED, K_ERR, K_FRAME, K_GENERATION_GVA, K_HEAP,
-    K_OPENED, K_RSP, K_SCRATCH_DELTA, K_SCRATCH_GPA, K_TRAPS, K_USER, K_USTACK_LIMIT, K_VECTOR,
-    K_WINDOW, K_WS, K_WS_LEN, K_WS_ON,
+    K_LEAF_TABLES, K_OPENED, K_RSP, K_SCRATCH_DELTA, K_SCRATCH_GPA, K_TRAPS, K_USER,
+    K_USTACK_LIMIT, K_VECTOR, K_WINDOW, K_WS, K_WS_LEN, K_WS_ON,
 };
 
 pub const SEL_KDATA: u64 = 0x10;
@@ -135,6 +135,20 @@ global_asm!(
     "cmp rcx, rdx",
     "je 8f",
     "mov rsi, {addr_mask}",
+    // The leaf table from the cache (rdx: its kernel address), if there.
+    "mov rcx, rax",
+    "shr rcx, 21",
+    "inc rcx",
+    "mov edx, ecx",
+    "and edx, {lt_mask}",
+    "shl edx, 4",
+    "lea r8, [rip + {kpage}]",
+    "add r8, rdx",
+    "cmp rcx, [r8 + {k_lt}]",
+    "jne 13f",
+    "mov rdx, [r8 + {k_lt} + 8]",
+    "jmp 14f",
+    "13:",
     "mov rdx, cr3",
     // The three upper levels: present, no large page, user bit set.
     ".irp shift, 39,30,21",
@@ -162,6 +176,13 @@ global_asm!(
     "cmp rdx, [rip + {kpage} + {k_gpa}]",
     "jb 8f",
     "add rdx, [rip + {kpage} + {k_delta}]",
+    // Into the cache: r8 is the entry, rcx its tag (region + 1).
+    "mov rcx, rax",
+    "shr rcx, 21",
+    "inc rcx",
+    "mov [r8 + {k_lt}], rcx",
+    "mov [r8 + {k_lt} + 8], rdx",
+    "14:",
     "mov rcx, rax",
     "shr rcx, 12",
     "and ecx, 0x1ff",
@@ -373,6 +394,8 @@ global_asm!(
     k_frame = const K_FRAME,
     kernel_fault = sym super::faults::hljs_kernel_fault,
     k_gpa = const K_SCRATCH_GPA,
+    k_lt = const K_LEAF_TABLES,
+    lt_mask = const super::kpage::LEAF_TABLES - 1,
     k_ustack_limit = const K_USTACK_LIMIT,
     k_arena = const K_ARENA,
     ustack_top = const super::USER_STACK_TOP,

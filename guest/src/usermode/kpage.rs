@@ -104,7 +104,15 @@ pub struct KState {
     /// `hyperlight_js_guest_mm::working_set`.
     pub ws_len: u64,
     pub ws: [u64; MAX_PAGES],
+    /// The #PF fast path's cache of leaf tables, direct-mapped by the 2 MiB
+    /// region: `[region + 1, the leaf table's kernel address]`, `[0, _]`
+    /// when empty. Cleared whenever the snapshot generation changes (the
+    /// tables move), in kernel mode before the call's first fault.
+    pub leaf_tables: [[u64; 2]; LEAF_TABLES],
 }
+
+/// Entries of [`KState::leaf_tables`] (a power of two).
+pub const LEAF_TABLES: usize = 8;
 const _: () = assert!(core::mem::size_of::<KState>() == 4096);
 
 pub(super) static mut KPAGE: KState = KState {
@@ -133,6 +141,7 @@ pub(super) static mut KPAGE: KState = KState {
     ws_on: false,
     ws_len: 0,
     ws: [0; MAX_PAGES],
+    leaf_tables: [[0; 2]; LEAF_TABLES],
 };
 
 /// The kernel page, the one way to reach it from Rust (the trap path's
@@ -174,3 +183,4 @@ pub const K_ALLOC_LIMIT: usize = offset_of!(KState, alloc_limit);
 pub const K_WS_ON: usize = offset_of!(KState, ws_on);
 pub const K_WS_LEN: usize = offset_of!(KState, ws_len);
 pub const K_WS: usize = offset_of!(KState, ws);
+pub const K_LEAF_TABLES: usize = offset_of!(KState, leaf_tables);

@@ -291,8 +291,8 @@ pub fn window_leaf(k: &mut KState) -> Option<*mut u64> {
     Some(leaf)
 }
 
-/// Readies the #PF fast path's copy-on-write for a call, in kernel mode on
-/// the kernel stack: finds the copy window's leaf (else the call's first
+/// Readies the #PF fast path for a call, in kernel mode on the kernel
+/// stack: empties its leaf-table cache when the tables may have moved, finds the copy window's leaf (else the call's first
 /// copy would leave the fast path for it), and has [`COW_COPY`]'s page
 /// copied (a restore makes it copy-on-write again, and the fast path writes
 /// it on the exception stack, where a fault of its own would overwrite the
@@ -302,6 +302,7 @@ pub fn prepare_copies(k: &mut KState) {
     if k.window[0] != 0 && k.window[1] == crate::transport::generation() {
         return;
     }
+    k.leaf_tables = [[0; 2]; super::kpage::LEAF_TABLES];
     let _ = window_leaf(k);
     // SAFETY: kernel mode, no user run in progress: nothing else uses the
     // descriptor; the write stores the value already there.
