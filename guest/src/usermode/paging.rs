@@ -297,11 +297,20 @@ pub fn window_leaf(k: &mut KState) -> Option<*mut u64> {
 /// copied (a restore makes it copy-on-write again, and the fast path writes
 /// it on the exception stack, where a fault of its own would overwrite the
 /// frame it runs on).
+#[inline(always)]
 pub fn prepare_copies(k: &mut KState) {
-    // Both hold until the next restore or snapshot, which change the generation.
-    if k.window[0] != 0 && k.window[1] == crate::transport::generation() {
-        return;
+    // Both hold until the next restore or snapshot, which change the
+    // generation: a warm call pays only this check.
+    // SAFETY: the address of the generation, set at init; the metadata page
+    // is mapped for the guest's lifetime.
+    let generation = unsafe { (k.generation_gva as *const u64).read_volatile() };
+    if k.window[0] == 0 || k.window[1] != generation {
+        prepare_copies_now(k);
     }
+}
+
+#[cold]
+fn prepare_copies_now(k: &mut KState) {
     k.leaf_tables = [[0; 2]; super::kpage::LEAF_TABLES];
     let _ = window_leaf(k);
     // SAFETY: kernel mode, no user run in progress: nothing else uses the
