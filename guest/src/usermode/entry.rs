@@ -91,17 +91,19 @@ global_asm!(
     // after a restore (hyperlight rebuilds the tables without the user bit
     // and makes every writable page copy-on-write again): a page that only
     // lacks the user bit, and a copy-on-write. Every CPL0 instruction is
-    // emulated here (~1 µs each), so it saves six registers, not the whole
-    // state, and walks the tables itself. It serves only a subset of what
+    // emulated here (~1.5 µs each), so it saves six registers, not the whole
+    // state, and walks the tables itself, starting from a per-2 MiB cache of
+    // leaf tables. It serves only a subset of what
     // `hyperlight_js_guest_mm::decide` serves, the same way: a low-half page
     // other than the kernel page, or a page of the user stack or the
-    // transport arena in the upper half, through tables in scratch, no large page,
-    // no reserved bit; for a leaf not open yet, it opens a fetch (not from a
-    // no-execute page), a write to a writable page and a read of a page that
-    // is not copy-on-write outside the heap; it copies a write to a
-    // copy-on-write page (open or not) and a read of one in the heap, when the copy window
-    // is valid for this snapshot generation and the allocator has a page.
-    // Anything else goes to the full path, which decides again from scratch.
+    // transport arena in the upper half, through tables in scratch, no large
+    // page, no reserved bit. For a leaf not open yet it opens a fetch (not
+    // from a no-execute page), a write to a writable page and a read of a
+    // page that is not copy-on-write outside the heap. It copies a write to a
+    // copy-on-write page (open yet or not) and a read of one in the heap,
+    // when the copy window is valid for this snapshot generation and the
+    // allocator has a page. Anything else goes to the full path, which
+    // decides again from scratch.
     // Stack after the pushes: r9, r8, rsi, rdx, rcx, rax, err, rip, cs, rflags, ...
     ".global hljs_vec_14",
     "hljs_vec_14:",
