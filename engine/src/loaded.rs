@@ -122,6 +122,12 @@ pub struct LoadedJSSandbox {
     /// The working set of the snapshot last restored, until the first call
     /// after that restore (which replays it, or records it).
     after_restore: Option<Arc<WorkingSet>>,
+    /// The working set (standing for its snapshot) of the last restore a
+    /// call followed. Recording waits for the second call after restores of
+    /// the same snapshot: the first runs on the page tables hyperlight has
+    /// just built for a new snapshot or VM, and on a paravirtual MMU it
+    /// faults on ~90 code pages that later restores leave open.
+    called_after: Option<Arc<WorkingSet>>,
     /// Replay working sets (see [`Self::replay_working_sets`]).
     replay: bool,
 }
@@ -151,6 +157,7 @@ impl LoadedJSSandbox {
             faulted: false,
             last_call_stats: None,
             after_restore: None,
+            called_after: None,
             replay: true,
         }
     }
@@ -217,10 +224,18 @@ impl LoadedJSSandbox {
         serde_json::from_str::<IgnoredAny>(event).map_err(|e| Error::InvalidJson(e.to_string()))?;
 
         let seed = if self.reseed { fresh_seed() } else { 0 };
-        let working_set = self.after_restore.take().filter(|_| self.replay);
+        let restored = self.after_restore.take();
+        let again = restored
+            .as_ref()
+            .zip(self.called_after.as_ref())
+            .is_some_and(|(now, before)| Arc::ptr_eq(now, before));
+        if let Some(ws) = &restored {
+            self.called_after = Some(ws.clone());
+        }
+        let working_set = restored.filter(|_| self.replay);
         let (pages, record) = match working_set.as_deref().map(|ws| ws.get(key)) {
             Some(Some(pages)) => (pages.to_string(), false),
-            Some(None) => (String::new(), true),
+            Some(None) => (String::new(), again),
             None => (String::new(), false),
         };
         let cpu_clock = ThreadCpuClock::current().map_err(|e| {

@@ -160,3 +160,24 @@ fn a_working_set_no_call_would_record_opens_nothing_a_fault_would_not() {
         }
     }
 }
+
+#[test]
+fn the_working_set_is_learned_from_the_second_restore_not_the_first() {
+    let opts = CallOptions::default().gc(false);
+    // Whether the snapshot has learned a list for `order`, after `calls`
+    // restore-and-call rounds (a list set by hand is refused once one is).
+    let learned_after = |calls: usize| {
+        let mut sb = loaded();
+        let snap = sb.snapshot().unwrap();
+        for _ in 0..calls {
+            sb.restore(&snap).unwrap();
+            sb.call_handler("order", &order(1), &opts).unwrap();
+        }
+        !snap.set_working_set("order", &[])
+    };
+    assert!(
+        !learned_after(1),
+        "learned from the first call after a restore"
+    );
+    assert!(learned_after(2), "nothing learned from the second call");
+}
