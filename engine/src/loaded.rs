@@ -119,15 +119,16 @@ pub struct LoadedJSSandbox {
     faulted: bool,
     /// Boxed: keeps `TransitionError<LoadedJSSandbox>` small.
     last_call_stats: Option<Box<CallStats>>,
-    /// The working set of the snapshot last restored, until the first call
-    /// after that restore (which replays it, or records it).
-    after_restore: Option<Arc<WorkingSet>>,
-    /// The working set (standing for its snapshot) of the last restore a
-    /// call followed. Recording waits for the second call after restores of
-    /// the same snapshot: the first runs on the page tables hyperlight has
-    /// just built for a new snapshot or VM, and on a paravirtual MMU it
-    /// faults on ~90 code pages that later restores leave open.
-    called_after: Option<Arc<WorkingSet>>,
+    /// The working set of the snapshot last restored (or made into this VM).
+    restored: Option<Arc<WorkingSet>>,
+    /// A call has run since that restore: only the first one replays or records.
+    called_since_restore: bool,
+    /// That restore is not the first of its snapshot with a call after it on
+    /// this VM. Only then is a working set recorded: the call after the first
+    /// restore runs on the page tables hyperlight has just built for a new
+    /// snapshot or VM, and on a paravirtual MMU it faults on ~90 code pages
+    /// that later restores leave open.
+    restored_again: bool,
     /// Replay working sets (see [`Self::replay_working_sets`]).
     replay: bool,
 }
@@ -156,8 +157,9 @@ impl LoadedJSSandbox {
             reseed: true,
             faulted: false,
             last_call_stats: None,
-            after_restore: None,
-            called_after: None,
+            restored: None,
+            called_since_restore: false,
+            restored_again: false,
             replay: true,
         }
     }
@@ -178,7 +180,7 @@ impl LoadedJSSandbox {
             .map_err(error_map::from_hyperlight)?;
         let mut loaded = Self::new(Box::new(sandbox), shared, BTreeSet::new());
         loaded.handlers = snapshot.handlers.clone();
-        loaded.after_restore = Some(snapshot.working_set.clone());
+        loaded.restored = Some(snapshot.working_set.clone());
         Ok(loaded)
     }
 
@@ -224,18 +226,16 @@ impl LoadedJSSandbox {
         serde_json::from_str::<IgnoredAny>(event).map_err(|e| Error::InvalidJson(e.to_string()))?;
 
         let seed = if self.reseed { fresh_seed() } else { 0 };
-        let restored = self.after_restore.take();
-        let again = restored
-            .as_ref()
-            .zip(self.called_after.as_ref())
-            .is_some_and(|(now, before)| Arc::ptr_eq(now, before));
-        if let Some(ws) = &restored {
-            self.called_after = Some(ws.clone());
-        }
+        let restored = if self.called_since_restore {
+            None
+        } else {
+            self.called_since_restore = true;
+            self.restored.clone()
+        };
         let working_set = restored.filter(|_| self.replay);
         let (pages, record) = match working_set.as_deref().map(|ws| ws.get(key)) {
             Some(Some(pages)) => (pages.to_string(), false),
-            Some(None) => (String::new(), again),
+            Some(None) => (String::new(), self.restored_again),
             None => (String::new(), false),
         };
         let cpu_clock = ThreadCpuClock::current().map_err(|e| {
@@ -342,7 +342,14 @@ impl LoadedJSSandbox {
         self.handlers = snapshot.handlers.clone();
         self.reseed = true;
         self.faulted = false;
-        self.after_restore = Some(snapshot.working_set.clone());
+        let ws = &snapshot.working_set;
+        self.restored_again = self.called_since_restore
+            && self
+                .restored
+                .as_ref()
+                .is_some_and(|before| Arc::ptr_eq(before, ws));
+        self.restored = Some(ws.clone());
+        self.called_since_restore = false;
         Ok(())
     }
 
