@@ -24,14 +24,19 @@ pub const STATUS_EXIT: u64 = 1;
 pub const STATUS_FAULT: u64 = 2;
 
 global_asm!(
-    // Appends the working-set entry in `entry` to the kernel page's record
-    // while recording is on (`SYS_WS_RECORD`); clobbers `tmp` and `base`.
-    ".macro hljs_ws_record entry, tmp, base",
+    // Appends the working-set entry for the page of `addr` with `flags` to
+    // the kernel page's record while recording is on (`SYS_WS_RECORD`);
+    // clobbers `entry`, `tmp` and `base`. The entry is made only then: every
+    // instruction here is emulated, and recording is off in nearly every call.
+    ".macro hljs_ws_record addr, flags, entry, tmp, base",
     "cmp byte ptr [rip + {kpage} + {k_ws_on}], 0",
     "je 1f",
     "mov \\tmp, [rip + {kpage} + {k_ws_len}]",
     "cmp \\tmp, {ws_max}",
     "jae 1f",
+    "mov \\entry, \\addr",
+    "and \\entry, -4096",
+    "or \\entry, \\flags",
     "lea \\base, [rip + {kpage}]",
     "mov [\\base + \\tmp * 8 + {k_ws}], \\entry",
     "inc \\tmp",
@@ -231,9 +236,7 @@ global_asm!(
     "or rcx, 4",
     "mov [rdx], rcx",
     "inc qword ptr [rip + {kpage} + {k_opened}]",
-    "mov rcx, rax",
-    "and rcx, -4096",
-    "hljs_ws_record rcx, rsi, r8",
+    "hljs_ws_record rax, 0, rcx, rsi, r8",
     "jmp 9f",
     // Copy-on-write, as `paging::copy_in_user` does it.
     "6:",
@@ -282,10 +285,7 @@ global_asm!(
     "lea r9, [rip + hljs_cow_copy]",
     "mov [rsp + 56], r9",
     "inc qword ptr [rip + {kpage} + {k_copied}]",
-    "mov rcx, rax",
-    "and rcx, -4096",
-    "or rcx, {ws_copied}",
-    "hljs_ws_record rcx, rsi, r8",
+    "hljs_ws_record rax, {ws_copied}, rcx, rsi, r8",
     "9:",
     "inc qword ptr [rip + {kpage} + {k_traps}]",
     "pop r9", "pop r8", "pop rsi", "pop rdx", "pop rcx", "pop rax",
