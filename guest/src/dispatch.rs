@@ -89,8 +89,8 @@ pub fn finish_init() -> ! {
 /// Kernel part of a call: refresh the transport after a restore, then serve
 /// the call in user mode when it is enabled.
 extern "C" fn kernel_dispatch() {
+    usermode::call_begins(&[GENERATION.as_ptr() as u64]);
     GENERATION.store(transport::generation(), Ordering::Relaxed);
-    usermode::call_begins();
     if usermode::kernel_enabled() {
         usermode::serve_in_user(user_dispatch);
     } else {

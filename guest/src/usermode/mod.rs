@@ -182,18 +182,21 @@ pub fn last_call_entries(kind: Entry) -> (u64, u64) {
 }
 
 /// Marks the start of a call from the host (for [`trap_count`] and
-/// [`last_call_entries`]). Kernel mode.
-pub fn call_begins() {
+/// [`last_call_entries`]). `written` holds addresses the caller's kernel
+/// code writes at every call: after a restore their pages are copied here at
+/// once, with the kernel page's, instead of one kernel fault each. Kernel mode.
+pub fn call_begins(written: &[u64]) {
     // SAFETY: kernel mode, single vCPU, no user run in progress.
     let k = unsafe { kpage::kpage() };
+    if k.enabled {
+        // Before the first write to the kernel page.
+        paging::prepare_copies(k, written);
+    }
     k.call_start = k.traps;
     k.ws_on = false;
     if k.stats_on {
         k.last_stats = k.stats;
         k.stats = [[0; 2]; ENTRY_KINDS];
-    }
-    if k.enabled {
-        paging::prepare_copies(k);
     }
 }
 

@@ -291,34 +291,57 @@ pub fn window_leaf(k: &mut KState) -> Option<*mut u64> {
     Some(leaf)
 }
 
-/// Readies the #PF fast path for a call, in kernel mode on the kernel
-/// stack: empties its leaf-table cache when the tables may have moved, finds the copy window's leaf (else the call's first
-/// copy would leave the fast path for it), and has [`COW_COPY`]'s page
-/// copied (a restore makes it copy-on-write again, and the fast path writes
-/// it on the exception stack, where a fault of its own would overwrite the
-/// frame it runs on).
+/// Readies a call after a restore, in kernel mode on the kernel stack,
+/// before the kernel page is written: copies the copy-on-write pages the
+/// kernel writes at every call (the kernel page, [`COW_COPY`]'s page, the
+/// pages of `written`) at once rather than by a kernel fault each; empties
+/// the #PF fast path's leaf-table cache (the tables have moved); finds the
+/// copy window's leaf (else the call's first copy would leave the fast path
+/// for it). [`COW_COPY`] must be writable before user mode runs: the fast
+/// path writes it on the exception stack, where a fault of its own would
+/// overwrite the frame it runs on.
 #[inline(always)]
-pub fn prepare_copies(k: &mut KState) {
-    // Both hold until the next restore or snapshot, which change the
+pub fn prepare_copies(k: &mut KState, written: &[u64]) {
+    // All of it holds until the next restore or snapshot, which change the
     // generation: a warm call pays only this check.
     // SAFETY: the address of the generation, set at init; the metadata page
     // is mapped for the guest's lifetime.
     let generation = unsafe { (k.generation_gva as *const u64).read_volatile() };
     if k.window[0] == 0 || k.window[1] != generation {
-        prepare_copies_now(k);
+        prepare_copies_now(k, written);
     }
 }
 
 #[cold]
-fn prepare_copies_now(k: &mut KState) {
+fn prepare_copies_now(k: &mut KState, written: &[u64]) {
+    let own = [super::kpage::kpage_addr(), (&raw const COW_COPY) as u64];
+    for &va in own.iter().chain(written) {
+        copy_if_shared(va);
+    }
     k.leaf_tables = [[0; 2]; super::kpage::LEAF_TABLES];
     let _ = window_leaf(k);
     // SAFETY: kernel mode, no user run in progress: nothing else uses the
-    // descriptor; the write stores the value already there.
+    // descriptor; the write stores the value already there (and serves the
+    // kernel fault here if the copy above could not be made).
     unsafe {
         let c = &raw mut COW_COPY;
         let rip = &raw mut (*c).rip;
         rip.write_volatile(rip.read_volatile());
+    }
+}
+
+/// Copies the page of `va` for the kernel if it is still copy-on-write, as
+/// the kernel's fault for a write there would. Best effort: a page left
+/// shared is copied by that fault.
+fn copy_if_shared(va: u64) {
+    let Some(leaf) = peek_leaf(va) else {
+        return;
+    };
+    // SAFETY: a live leaf entry.
+    let v = unsafe { leaf.read_volatile() };
+    if matches!(pte::recorded(v), Recorded::Cow { .. }) && v & RW == 0 {
+        // SAFETY: kernel mode; the live leaf of a copy-on-write page.
+        unsafe { copy_for_kernel(leaf, va) };
     }
 }
 
