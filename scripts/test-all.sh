@@ -64,12 +64,12 @@ done
 HLJS_TEST_BROKER_IMAGE=rabbitmq:3.13 cargo test -p hyperlight-js-e2e --locked --no-fail-fast "${tests_313[@]}"
 
 step "end-to-end tests against RabbitMQ 4.3 (image rabbitmq:4.3)"
-# Every broker test again (cluster.rs and image.rs only here); cli.rs and snapshot_cache.rs need
-# no broker and ran above.
+# Every broker test again (cluster.rs and image.rs only here); cli.rs, snapshot_cache.rs and
+# memory.rs need no broker and ran above.
 broker_tests=()
 for t in tests/tests/*.rs; do
   name=$(basename "$t" .rs)
-  case "$name" in cli | snapshot_cache) ;; *) broker_tests+=(--test "$name") ;; esac
+  case "$name" in cli | snapshot_cache | memory) ;; *) broker_tests+=(--test "$name") ;; esac
 done
 HLJS_TEST_BROKER_IMAGE=rabbitmq:4.3 cargo test -p hyperlight-js-e2e --locked --no-fail-fast "${broker_tests[@]}"
 

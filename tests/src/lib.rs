@@ -32,6 +32,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub mod broker;
 pub mod cluster;
 pub mod image;
+pub mod memory;
 pub use broker::{BROKER_IMAGE_ENV, TestBroker};
 pub use cluster::{FailoverPublisher, QueuePlacement, TestCluster};
 
@@ -57,6 +58,26 @@ pub fn repo_root() -> PathBuf {
 /// A file of `tests/handlers/`.
 pub fn test_handler(name: &str) -> PathBuf {
     repo_root().join("tests/handlers").join(name)
+}
+
+/// A handler the size of a bundled application (`kb` KiB of code): many
+/// small functions and a data table, all reachable from `handler`, which
+/// returns `{key, x}`. The snapshot-cache and memory benchmarks use it.
+pub fn bundle_handler(key: usize, kb: usize) -> String {
+    use std::fmt::Write as _;
+    let mut s = format!("// bundle {key}\nconst KEY = {key};\nconst fns = [];\n");
+    let mut i = 0;
+    while s.len() < kb * 1024 {
+        let _ = writeln!(
+            s,
+            "function f{i}(x) {{ const t = [{i}, x, '{i:08x}']; return x + t[0] % 7 + t[2].length; }}\nfns.push(f{i});"
+        );
+        i += 1;
+    }
+    s.push_str(
+        "function handler(event) { let x = event.n || 0; for (const f of fns) x = f(x) % 1000003; return { key: KEY, x }; }\n",
+    );
+    s
 }
 
 /// A file of `examples/`.

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use hyperlight_js_e2e::{run_within, temp_dir};
+use hyperlight_js_e2e::{bundle_handler, run_within, temp_dir};
 
 const KEYS: usize = 6;
 
@@ -28,30 +28,12 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// A handler the size of a bundled application: many small functions and
-/// a data table, all reachable from `handler`.
-fn bundle(key: usize, kb: usize) -> String {
-    let mut s = format!("// bundle {key}\nconst KEY = {key};\nconst fns = [];\n");
-    let mut i = 0;
-    while s.len() < kb * 1024 {
-        let _ = writeln!(
-            s,
-            "function f{i}(x) {{ const t = [{i}, x, '{i:08x}']; return x + t[0] % 7 + t[2].length; }}\nfns.push(f{i});"
-        );
-        i += 1;
-    }
-    s.push_str(
-        "function handler(event) { let x = event.n || 0; for (const f of fns) x = f(x) % 1000003; return { key: KEY, x }; }\n",
-    );
-    s
-}
-
 fn write_config(dir: &Path, cache: Option<&Path>, kb: usize) -> PathBuf {
     let mut toml = String::from("[broker]\n\n");
     for k in 0..KEYS {
         let file = dir.join(format!("bundle{k}.js"));
         if !file.exists() {
-            std::fs::write(&file, bundle(k, kb)).unwrap();
+            std::fs::write(&file, bundle_handler(k, kb)).unwrap();
         }
         let heap = (16 + 4 * k) << 20;
         let _ = write!(
