@@ -294,7 +294,8 @@ pub fn window_leaf(k: &mut KState) -> Option<*mut u64> {
 /// Readies a call after a restore, in kernel mode on the kernel stack,
 /// before the kernel page is written: copies the copy-on-write pages the
 /// kernel writes at every call (the kernel page, [`COW_COPY`]'s page, the
-/// pages of `written`) at once rather than by a kernel fault each; empties
+/// pages of `written`) at once rather than by a kernel fault each, and
+/// opens the last two, which user mode reads; empties
 /// the #PF fast path's leaf-table cache (the tables have moved); finds the
 /// copy window's leaf (else the call's first copy would leave the fast path
 /// for it). [`COW_COPY`] must be writable before user mode runs: the fast
@@ -314,9 +315,20 @@ pub fn prepare_copies(k: &mut KState, written: &[u64]) {
 
 #[cold]
 fn prepare_copies_now(k: &mut KState, written: &[u64]) {
-    let own = [super::kpage::kpage_addr(), (&raw const COW_COPY) as u64];
-    for &va in own.iter().chain(written) {
-        copy_if_shared(va);
+    copy_if_shared(
+        peek_leaf(super::kpage::kpage_addr()),
+        super::kpage::kpage_addr(),
+    );
+    // User memory that user mode reads in every call too: opened with the
+    // copy, as the fault for that read would open it.
+    let descriptor = (&raw const COW_COPY) as u64;
+    for &va in core::iter::once(&descriptor).chain(written) {
+        if let Some(leaf) = leaf_entry(k, va) {
+            open_leaf(leaf);
+            copy_if_shared(Some(leaf), va);
+            // SAFETY: kernel mode; drops what the TLB holds for the page.
+            unsafe { asm!("invlpg [{}]", in(reg) va, options(nostack)) };
+        }
     }
     k.leaf_tables = [[0; 2]; super::kpage::LEAF_TABLES];
     let _ = window_leaf(k);
@@ -330,11 +342,11 @@ fn prepare_copies_now(k: &mut KState, written: &[u64]) {
     }
 }
 
-/// Copies the page of `va` for the kernel if it is still copy-on-write, as
-/// the kernel's fault for a write there would. Best effort: a page left
-/// shared is copied by that fault.
-fn copy_if_shared(va: u64) {
-    let Some(leaf) = peek_leaf(va) else {
+/// Copies the page of `va`, whose leaf entry is `leaf`, for the kernel if it
+/// is still copy-on-write, as the kernel's fault for a write there would.
+/// Best effort: a page left shared is copied by that fault.
+fn copy_if_shared(leaf: Option<*mut u64>, va: u64) {
+    let Some(leaf) = leaf else {
         return;
     };
     // SAFETY: a live leaf entry.
