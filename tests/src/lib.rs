@@ -80,6 +80,73 @@ pub fn bundle_handler(key: usize, kb: usize) -> String {
     s
 }
 
+/// A worker configuration of `keys` bundled handlers ([`bundle_handler`],
+/// `kb` KiB each, in `dir/bundle<k>.js`, written once), pool 2; key `k` gets
+/// a heap of (16 + 4k) MiB when `heaps` (else the default), and the
+/// `[snapshots] dir` is `cache` when given. Written to `dir/name`; for the
+/// worker's stdin mode (an empty `[broker]`).
+pub fn bundle_config(
+    dir: &Path,
+    name: &str,
+    keys: usize,
+    kb: usize,
+    heaps: bool,
+    cache: Option<&Path>,
+) -> PathBuf {
+    use std::fmt::Write as _;
+    let mut toml = String::from("[broker]\n\n");
+    for k in 0..keys {
+        let file = dir.join(format!("bundle{k}.js"));
+        if !file.exists() {
+            std::fs::write(&file, bundle_handler(k, kb)).unwrap();
+        }
+        let heap = if heaps {
+            format!("heap_size = {}\n", (16 + 4 * k) << 20)
+        } else {
+            String::new()
+        };
+        let _ = write!(
+            toml,
+            "[[handlers]]\nkey = \"bundle{k}\"\nfile = {:?}\npool_size = 2\n{heap}\n",
+            file.display().to_string()
+        );
+    }
+    if let Some(c) = cache {
+        let _ = write!(toml, "[snapshots]\ndir = {:?}\n", c.display().to_string());
+    }
+    let path = dir.join(name);
+    std::fs::write(&path, toml).unwrap();
+    path
+}
+
+/// The worker `bin` in stdin mode on `config`, logging at info without
+/// colours, with no broker URL from the environment.
+pub fn stdin_worker(bin: &Path, config: &Path) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.args(["--config", config.to_str().unwrap(), "--stdin"])
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .env_remove("AMQP_URL");
+    cmd
+}
+
+/// For the benchmark binaries: the worker binary of their profile, beside
+/// them (`cargo build --release -p hyperlight-js-worker` first);
+/// `HLJS_WORKER_BIN` wins.
+pub fn worker_bin_beside() -> PathBuf {
+    if let Some(bin) = std::env::var_os("HLJS_WORKER_BIN") {
+        return bin.into();
+    }
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.with_file_name("hyperlight-js-worker");
+    assert!(
+        bin.exists(),
+        "{} is missing: cargo build --release -p hyperlight-js-worker",
+        bin.display()
+    );
+    bin
+}
+
 /// A file of `examples/`.
 pub fn example(name: &str) -> PathBuf {
     repo_root().join("examples").join(name)

@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use hyperlight_js_e2e::memory::{Staged, executable, files_under, rollup};
-use hyperlight_js_e2e::{bundle_handler, temp_dir, worker_bin};
+use hyperlight_js_e2e::{bundle_config, bundle_handler, stdin_worker, temp_dir, worker_bin};
 use hyperlight_js_engine::{CallOptions, LoadedJSSandbox, SandboxBuilder, Snapshot};
 use serde_json::json;
 
@@ -123,39 +123,11 @@ fn persisted_snapshot_is_one_shared_file_mapping() {
     });
 }
 
-/// Three keys of 64 KB, pool 2, `[snapshots] dir = cache`.
-fn worker_config(dir: &std::path::Path, cache: &std::path::Path) -> std::path::PathBuf {
-    use std::fmt::Write as _;
-    let mut toml = String::from("[broker]\n\n");
-    for k in 0..WORKER_KEYS {
-        let file = dir.join(format!("bundle{k}.js"));
-        std::fs::write(&file, bundle_handler(k, 64)).unwrap();
-        let _ = write!(
-            toml,
-            "[[handlers]]\nkey = \"bundle{k}\"\nfile = {:?}\npool_size = 2\n\n",
-            file.display().to_string()
-        );
-    }
-    let _ = write!(
-        toml,
-        "[snapshots]\ndir = {:?}\n",
-        cache.display().to_string()
-    );
-    let path = dir.join("worker.toml");
-    std::fs::write(&path, toml).unwrap();
-    path
-}
-
 const WORKER_KEYS: usize = 3;
 
 /// The worker in stdin mode on `config`, its pools loaded.
 fn worker(config: &std::path::Path, step: Duration) -> Staged {
-    let mut cmd = Command::new(worker_bin());
-    cmd.args(["--config", config.to_str().unwrap(), "--stdin"])
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .env_remove("AMQP_URL");
-    let mut w = Staged::spawn(cmd).unwrap();
+    let mut w = Staged::spawn(stdin_worker(&worker_bin(), config)).unwrap();
     w.wait_for(true, step, |l| l.contains("all sandbox pools loaded"));
     w
 }
@@ -184,7 +156,8 @@ fn a_second_worker_on_a_warm_cache_adds_at_most_half_of_the_first() {
         let step = Duration::from_secs(180);
         let dir = temp_dir("memory-worker");
         let cache = dir.join("cache");
-        let config = worker_config(&dir, &cache);
+        // Three keys of 64 KiB, default heaps, `[snapshots] dir = cache`.
+        let config = bundle_config(&dir, "worker.toml", WORKER_KEYS, 64, false, Some(&cache));
         // A cold start fills the cache; the two measured workers load it.
         let filler = worker(&config, step);
         assert!(filler.close_stdin(step).success());

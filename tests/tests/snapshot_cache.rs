@@ -5,7 +5,6 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use hyperlight_js_e2e::*;
@@ -19,12 +18,8 @@ const EVENTS: &str =
 fn start(config: &Path) -> (Vec<Value>, String, u64) {
     let input = config.with_file_name("events.jsonl");
     std::fs::write(&input, EVENTS).unwrap();
-    let mut cmd = Command::new(worker_bin());
-    cmd.args(["--config", config.to_str().unwrap(), "--stdin"])
-        .stdin(std::fs::File::open(&input).unwrap())
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .env_remove("AMQP_URL");
+    let mut cmd = stdin_worker(&worker_bin(), config);
+    cmd.stdin(std::fs::File::open(&input).unwrap());
     let out = run_within(cmd, Duration::from_secs(180));
     let log = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "{log}");

@@ -23,14 +23,13 @@
 //! restores it, prints `called`, and exits when stdin closes.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::fmt::Write as _;
 use std::io::BufRead as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use hyperlight_js_e2e::memory::{Staged, Usage, executable, files_under, mib, rollup};
-use hyperlight_js_e2e::{bundle_handler, temp_dir};
+use hyperlight_js_e2e::{bundle_config, bundle_handler, stdin_worker, temp_dir, worker_bin_beside};
 use hyperlight_js_engine::{CallOptions, LoadedJSSandbox, SandboxBuilder, Snapshot};
 use serde_json::json;
 
@@ -208,56 +207,9 @@ fn engine_pair(label: &str, source: &str, n: usize, path: &Path, dir: Option<&Pa
     }
 }
 
-/// The worker's config: six keys of `kb` KiB, six heap sizes, pool 2.
-fn worker_config(dir: &Path, cache: Option<&Path>, kb: usize) -> PathBuf {
-    let mut toml = String::from("[broker]\n\n");
-    for k in 0..KEYS {
-        let file = dir.join(format!("bundle{k}.js"));
-        if !file.exists() {
-            std::fs::write(&file, bundle_handler(k, kb)).unwrap();
-        }
-        let heap = (16 + 4 * k) << 20;
-        let _ = write!(
-            toml,
-            "[[handlers]]\nkey = \"bundle{k}\"\nfile = {:?}\npool_size = 2\nheap_size = {heap}\n\n",
-            file.display().to_string()
-        );
-    }
-    if let Some(c) = cache {
-        let _ = write!(toml, "[snapshots]\ndir = {:?}\n", c.display().to_string());
-    }
-    let path = dir.join(if cache.is_some() {
-        "cached.toml"
-    } else {
-        "plain.toml"
-    });
-    std::fs::write(&path, toml).unwrap();
-    path
-}
-
-fn worker_bin() -> PathBuf {
-    if let Some(bin) = std::env::var_os("HLJS_WORKER_BIN") {
-        return bin.into();
-    }
-    let bin = std::env::current_exe()
-        .unwrap()
-        .with_file_name("hyperlight-js-worker");
-    assert!(
-        bin.exists(),
-        "{} is missing: cargo build --release -p hyperlight-js-worker",
-        bin.display()
-    );
-    bin
-}
-
 /// A worker in stdin mode, its pools loaded.
 fn worker(config: &Path) -> Staged {
-    let mut cmd = Command::new(worker_bin());
-    cmd.args(["--config", config.to_str().unwrap(), "--stdin"])
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .env_remove("AMQP_URL");
-    let mut w = Staged::spawn(cmd).unwrap();
+    let mut w = Staged::spawn(stdin_worker(&worker_bin_beside(), config)).unwrap();
     w.wait_for(true, STEP, |l| l.contains("all sandbox pools loaded"));
     w
 }
@@ -417,8 +369,8 @@ fn main() {
 
     // (b) The worker, twice on one node.
     let cache = dir.join("cache");
-    let plain = worker_config(&dir, None, kb);
-    let cached = worker_config(&dir, Some(&cache), kb);
+    let plain = bundle_config(&dir, "plain.toml", KEYS, kb, true, None);
+    let cached = bundle_config(&dir, "cached.toml", KEYS, kb, true, Some(&cache));
     let no_cache = worker_pair("no cache", &plain, None);
     // Fills the cache (a cold start), then two warm workers.
     let filler = worker(&cached);

@@ -12,12 +12,10 @@
 //! `BENCH_HANDLER_KB` (default 320), `BENCH_KEEP_DIR` (print and keep the directory).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use hyperlight_js_e2e::{bundle_handler, run_within, temp_dir};
+use hyperlight_js_e2e::{bundle_config, run_within, stdin_worker, temp_dir, worker_bin_beside};
 
 const KEYS: usize = 6;
 
@@ -28,48 +26,6 @@ fn env_usize(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn write_config(dir: &Path, cache: Option<&Path>, kb: usize) -> PathBuf {
-    let mut toml = String::from("[broker]\n\n");
-    for k in 0..KEYS {
-        let file = dir.join(format!("bundle{k}.js"));
-        if !file.exists() {
-            std::fs::write(&file, bundle_handler(k, kb)).unwrap();
-        }
-        let heap = (16 + 4 * k) << 20;
-        let _ = write!(
-            toml,
-            "[[handlers]]\nkey = \"bundle{k}\"\nfile = {:?}\npool_size = 2\nheap_size = {heap}\n\n",
-            file.display().to_string()
-        );
-    }
-    if let Some(c) = cache {
-        let _ = write!(toml, "[snapshots]\ndir = {:?}\n", c.display().to_string());
-    }
-    let path = dir.join(if cache.is_some() {
-        "cached.toml"
-    } else {
-        "plain.toml"
-    });
-    std::fs::write(&path, toml).unwrap();
-    path
-}
-
-/// The worker binary of this profile, beside this one (`cargo build
-/// --release -p hyperlight-js-worker` first); `HLJS_WORKER_BIN` wins.
-fn worker() -> PathBuf {
-    if let Some(bin) = std::env::var_os("HLJS_WORKER_BIN") {
-        return bin.into();
-    }
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.with_file_name("hyperlight-js-worker");
-    assert!(
-        bin.exists(),
-        "{} is missing: cargo build --release -p hyperlight-js-worker",
-        bin.display()
-    );
-    bin
-}
-
 /// One start with one event per key: (pools loaded ms from the worker's own
 /// log line, whole process ms).
 fn start(config: &Path) -> (u64, u64) {
@@ -78,12 +34,8 @@ fn start(config: &Path) -> (u64, u64) {
         .map(|k| format!("{{\"key\":\"bundle{k}\",\"event\":{{\"n\":{k}}}}}\n"))
         .collect();
     std::fs::write(&input, events).unwrap();
-    let mut cmd = Command::new(worker());
-    cmd.args(["--config", config.to_str().unwrap(), "--stdin"])
-        .stdin(std::fs::File::open(&input).unwrap())
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .env_remove("AMQP_URL");
+    let mut cmd = stdin_worker(&worker_bin_beside(), config);
+    cmd.stdin(std::fs::File::open(&input).unwrap());
     let t = Instant::now();
     let out = run_within(cmd, Duration::from_secs(600));
     let total = t.elapsed().as_millis() as u64;
@@ -129,8 +81,8 @@ fn main() {
     let kb = env_usize("BENCH_HANDLER_KB", 320);
     let dir = temp_dir("snapshot-cache-bench");
     let cache = dir.join("cache");
-    let plain = write_config(&dir, None, kb);
-    let cached = write_config(&dir, Some(&cache), kb);
+    let plain = bundle_config(&dir, "plain.toml", KEYS, kb, true, None);
+    let cached = bundle_config(&dir, "cached.toml", KEYS, kb, true, Some(&cache));
     let size = std::fs::metadata(dir.join("bundle0.js")).unwrap().len();
 
     let base: Vec<(u64, u64)> = (0..runs).map(|_| start(&plain)).collect();
