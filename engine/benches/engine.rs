@@ -269,12 +269,8 @@ fn order_event() -> String {
     format!(r#"{{"id":"order-1","items":[{}]}}"#, items.join(","))
 }
 
-/// Kernel entries of a call right after a restore (the worker's path) and of
-/// a warm call, per kind, with the time the guest kernel's handler spends on
-/// each kind; the rest of an entry's cost (exception delivery, the trap
-/// path's register save and restore) is what remains of the call's extra time.
-fn kernel_entries(n: usize) {
-    let no_gc = CallOptions::default().gc(false);
+/// A sandbox of its own (default settings) with the `echo` and `order` handlers.
+fn echo_and_order() -> LoadedJSSandbox {
     let mut js = SandboxBuilder::new()
         .build()
         .expect("build")
@@ -282,7 +278,16 @@ fn kernel_entries(n: usize) {
         .expect("load");
     js.add_handler("echo", ECHO).expect("add");
     js.add_handler("order", ORDER).expect("add");
-    let mut sb = js.get_loaded_sandbox().expect("loaded");
+    js.get_loaded_sandbox().expect("loaded")
+}
+
+/// Kernel entries of a call right after a restore (the worker's path) and of
+/// a warm call, per kind, with the time the guest kernel's handler spends on
+/// each kind; the rest of an entry's cost (exception delivery, the trap
+/// path's register save and restore) is what remains of the call's extra time.
+fn kernel_entries(n: usize) {
+    let no_gc = CallOptions::default().gc(false);
+    let mut sb = echo_and_order();
     // The first query turns counting on; the snapshot keeps it on.
     sb.guest_kernel_stats().expect("stats");
     let snap = sb.snapshot().expect("snapshot");
@@ -393,14 +398,7 @@ fn emulated_instructions(n: usize) {
         }
     };
     let no_gc = CallOptions::default().gc(false);
-    let mut js = SandboxBuilder::new()
-        .build()
-        .expect("build")
-        .load_runtime()
-        .expect("load");
-    js.add_handler("echo", ECHO).expect("add");
-    js.add_handler("order", ORDER).expect("add");
-    let mut sb = js.get_loaded_sandbox().expect("loaded");
+    let mut sb = echo_and_order();
     let snap = sb.snapshot().expect("snapshot");
     let order = order_event();
     // Per handler: warm counts, and per replay setting the counts and the

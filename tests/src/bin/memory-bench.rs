@@ -183,21 +183,24 @@ impl Pair {
     }
 }
 
-fn engine_pair(label: &str, source: &str, n: usize, path: &Path, dir: Option<&Path>) -> Pair {
-    let mut a = engine_child(source, n, path);
+/// Two processes from `spawn`, each exercised once: the first measured alone,
+/// then the second, then the first beside it; `noun` names them in the rows.
+fn pair(
+    label: &str,
+    noun: &str,
+    dir: Option<&Path>,
+    spawn: impl Fn() -> Staged,
+    exercise: impl Fn(&mut Staged),
+) -> Pair {
+    let mut a = spawn();
     let a_idle = rollup(a.pid()).unwrap();
-    call(&mut a);
-    let first_alone = measure(format!("{label}: first process, alone"), &a, a_idle, dir);
-    let mut b = engine_child(source, n, path);
+    exercise(&mut a);
+    let first_alone = measure(format!("{label}: first {noun}, alone"), &a, a_idle, dir);
+    let mut b = spawn();
     let b_idle = rollup(b.pid()).unwrap();
-    call(&mut b);
-    let second = measure(format!("{label}: second process"), &b, b_idle, dir);
-    let first_with = measure(
-        format!("{label}: first process, beside it"),
-        &a,
-        a_idle,
-        dir,
-    );
+    exercise(&mut b);
+    let second = measure(format!("{label}: second {noun}"), &b, b_idle, dir);
+    let first_with = measure(format!("{label}: first {noun}, beside it"), &a, a_idle, dir);
     assert!(a.close_stdin(STEP).success());
     assert!(b.close_stdin(STEP).success());
     Pair {
@@ -205,6 +208,16 @@ fn engine_pair(label: &str, source: &str, n: usize, path: &Path, dir: Option<&Pa
         first_with,
         second,
     }
+}
+
+fn engine_pair(label: &str, source: &str, n: usize, path: &Path, dir: Option<&Path>) -> Pair {
+    pair(
+        label,
+        "process",
+        dir,
+        || engine_child(source, n, path),
+        call,
+    )
 }
 
 /// A worker in stdin mode, its pools loaded.
@@ -229,27 +242,7 @@ fn worker_events(w: &mut Staged) {
 }
 
 fn worker_pair(label: &str, config: &Path, cache: Option<&Path>) -> Pair {
-    let mut a = worker(config);
-    let a_idle = rollup(a.pid()).unwrap();
-    worker_events(&mut a);
-    let first_alone = measure(format!("{label}: first worker, alone"), &a, a_idle, cache);
-    let mut b = worker(config);
-    let b_idle = rollup(b.pid()).unwrap();
-    worker_events(&mut b);
-    let second = measure(format!("{label}: second worker"), &b, b_idle, cache);
-    let first_with = measure(
-        format!("{label}: first worker, beside it"),
-        &a,
-        a_idle,
-        cache,
-    );
-    assert!(a.close_stdin(STEP).success());
-    assert!(b.close_stdin(STEP).success());
-    Pair {
-        first_alone,
-        first_with,
-        second,
-    }
+    pair(label, "worker", cache, || worker(config), worker_events)
 }
 
 /// A pair's rows in table order.
