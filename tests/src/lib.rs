@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
-    QueueBindOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicPublishOptions,
+    ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
@@ -745,13 +745,31 @@ impl Client {
         &self,
         queue: &str,
         timeout: Duration,
+        done: impl FnMut(&[Received]) -> bool,
+    ) -> Vec<Received> {
+        self.collect_lingering(queue, timeout, done, Duration::ZERO)
+            .await
+    }
+
+    /// Like [`collect_until`](Self::collect_until), then keeps consuming on
+    /// the same consumer until `linger` passes with nothing new: a late
+    /// duplicate is seen, while nothing this consumer has acknowledged can
+    /// come back to a second one (a closed channel requeues what it had not
+    /// yet acknowledged, and acknowledgements still in flight at the close
+    /// may not count).
+    pub async fn collect_lingering(
+        &self,
+        queue: &str,
+        timeout: Duration,
         mut done: impl FnMut(&[Received]) -> bool,
+        linger: Duration,
     ) -> Vec<Received> {
         let channel = self.connection.create_channel().await.unwrap();
+        let tag = unique("it");
         let mut consumer = channel
             .basic_consume(
                 queue.into(),
-                unique("it").as_str().into(),
+                tag.as_str().into(),
                 BasicConsumeOptions::default(),
                 FieldTable::default(),
             )
@@ -765,6 +783,17 @@ impl Client {
             delivery.ack(BasicAckOptions::default()).await.unwrap();
             got.push(received(&delivery.properties, &delivery.data));
         }
+        if !linger.is_zero() {
+            while let Ok(Some(Ok(delivery))) = tokio::time::timeout(linger, consumer.next()).await {
+                delivery.ack(BasicAckOptions::default()).await.unwrap();
+                got.push(received(&delivery.properties, &delivery.data));
+            }
+        }
+        // A synchronous method before the close: the broker answers it only
+        // after the acknowledgements sent before it.
+        let _ = channel
+            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+            .await;
         let _ = channel.close(200, "OK".into()).await;
         got
     }

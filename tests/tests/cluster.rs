@@ -320,19 +320,19 @@ async fn the_workers_node_the_leader_and_a_worker_go_away_and_every_message_gets
     // Every message's outcome, from a node still up; then a moment for late duplicates.
     let collector = Client::connect(&urls[cluster.live_node()]).await;
     let mut per_id: BTreeMap<String, usize> = BTreeMap::new();
-    let mut got = collector
-        .collect_until(&outcomes, Duration::from_secs(150), |got| {
-            if let Some(id) = got.last().and_then(|r| r.message_id.clone()) {
-                *per_id.entry(id).or_default() += 1;
-            }
-            per_id.len() >= total
-        })
+    let got = collector
+        .collect_lingering(
+            &outcomes,
+            Duration::from_secs(150),
+            |got| {
+                if let Some(id) = got.last().and_then(|r| r.message_id.clone()) {
+                    *per_id.entry(id).or_default() += 1;
+                }
+                per_id.len() >= total
+            },
+            Duration::from_secs(3),
+        )
         .await;
-    got.extend(
-        collector
-            .collect_until(&outcomes, Duration::from_secs(3), |_| false)
-            .await,
-    );
     let mut count: BTreeMap<String, usize> = BTreeMap::new();
     for r in &got {
         let id = r
