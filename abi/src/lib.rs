@@ -26,14 +26,17 @@ pub mod guest_fn {
     /// `(name: String) -> String`: compiles and evaluates the stored module
     /// `name` (canonical) and what it imports.
     pub const LOAD_MODULE: &str = "LoadModule";
-    /// `(key: String, event_json: String, context_json: String, gc: bool, seed: u64, now_micros: u64, tsc_hz: u64, working_set: String, record: bool) -> String`:
+    /// `(key: String, event_json: String, context_json: String, gc: bool, seed: u64, now_micros: u64, tsc_hz: u64, working_set: Vec<u8>) -> String`:
     /// runs a handler as `handler(event, ctx)`; an empty `context_json` means no
     /// context (`ctx` is `undefined`). A non-zero `seed` reseeds `Math.random`
     /// first; `now_micros` and `tsc_hz` (0 if unknown) give the guest clock its
-    /// time base. `working_set` (from [`WORKING_SET`] after an earlier call
-    /// from the same snapshot, passed back as it came) is
-    /// replayed before the call in one kernel entry; `record` has the guest
-    /// kernel record this call's, for the next [`WORKING_SET`].
+    /// time base. `working_set` (the entries of an
+    /// earlier call's [`WORKING_SET`] from the same snapshot, little-endian,
+    /// then `hyperlight_js_guest_mm::working_set::trailer`, or empty) is
+    /// replayed by the guest kernel before user mode runs: it must be the
+    /// last parameter, which Hyperlight places at the end of the message.
+    /// The first call after a restore that carries none records its own,
+    /// for the next [`WORKING_SET`].
     pub const CALL_HANDLER: &str = "CallHandler";
     /// `(addr: u64) -> String`: test hook, reads a byte at `addr` in the mode
     /// handlers run in (0: the guest's own data, 1: the user-mode kernel page;
@@ -50,8 +53,7 @@ pub mod guest_fn {
     /// `() -> String`: the working set the previous call recorded (see
     /// [`CALL_HANDLER`]): the pages the guest kernel opened or copied for it
     /// in user mode, entries of `hyperlight_js_guest_mm::working_set` as 16
-    /// hex digits each (a string: byte parameters would take the transport
-    /// a buffer more than the call has); empty if it recorded none.
+    /// hex digits each; empty if it recorded none.
     pub const WORKING_SET: &str = "WorkingSet";
     /// `() -> String`: the previous call's kernel entries from user mode, by
     /// kind, one `kind count cycles` line each (TSC cycles spent in the

@@ -124,10 +124,14 @@ impl SandboxConfig {
         builder: hyperlight_host::SandboxBuilder,
     ) -> Result<hyperlight_host::SandboxBuilder> {
         let g2h_buffer = usize_of(self.output_buffer_size + TRANSPORT_SLACK)?;
+        let h2g_buffer = usize_of(self.input_buffer_size + TRANSPORT_SLACK)?;
         Ok(builder
             .heap_size(self.heap_size)
             .scratch_size(usize_of(self.scratch_size())?)
-            .h2g_buffer_size(usize_of(self.input_buffer_size + TRANSPORT_SLACK)?)
+            .h2g_buffer_size(h2g_buffer)
+            // Two receive buffers: Hyperlight sends a call with a byte
+            // parameter (the working set) only while it can keep one spare.
+            .h2g_pool_pages(2 * h2g_buffer.div_ceil(4096))
             .g2h_buffer_size(g2h_buffer)
             // A host call holds two output-sized buffers at once: its
             // arguments and room for the answer (Hyperlight's minimum is
@@ -138,10 +142,10 @@ impl SandboxConfig {
 
     fn scratch_size(&self) -> u64 {
         // Scratch holds every page written since the last snapshot (copy-on-write),
-        // the on-demand stack and the transport buffers (two output-sized ones).
+        // the on-demand stack and the transport buffers (two of each size).
         let needed = self.heap_size
             + self.stack_size
-            + self.input_buffer_size
+            + 2 * self.input_buffer_size
             + 2 * self.output_buffer_size
             + SCRATCH_SLACK;
         needed

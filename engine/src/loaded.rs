@@ -234,9 +234,9 @@ impl LoadedJSSandbox {
         };
         let working_set = restored.filter(|_| self.replay);
         let (pages, record) = match working_set.as_deref().map(|ws| ws.get(key)) {
-            Some(Some(pages)) => (pages.to_string(), false),
-            Some(None) => (String::new(), self.restored_again),
-            None => (String::new(), false),
+            Some(Some(pages)) => (pages.to_vec(), false),
+            Some(None) => (Vec::new(), self.restored_again),
+            None => (Vec::new(), false),
         };
         let cpu_clock = ThreadCpuClock::current().map_err(|e| {
             Error::Internal(format!("cannot read the vCPU thread's CPU clock: {e}"))
@@ -265,8 +265,8 @@ impl LoadedJSSandbox {
                 seed,
                 crate::clock::now_micros(),
                 crate::clock::tsc_hz(),
+                // Last: the guest kernel finds it at the end of the message.
                 pages,
-                record,
             ),
         );
         let wall_clock = wall_start.elapsed();
@@ -358,12 +358,10 @@ impl LoadedJSSandbox {
     /// it, calls only start slower.
     fn learn_working_set(&mut self, ws: &WorkingSet, key: &str) {
         match self.sandbox.call::<String>(guest_fn::WORKING_SET, ()) {
-            Ok(pages) => {
-                tracing::debug!(
-                    pages = pages.len() / 16,
-                    "learned the snapshot's working set"
-                );
-                ws.learn(key, pages);
+            Ok(text) => {
+                let entries = crate::snapshot::parse_entries(&text);
+                tracing::debug!(pages = entries.len(), "learned the snapshot's working set");
+                ws.learn(key, &entries);
             }
             Err(e) => tracing::debug!(error = %e, "no working set learned"),
         }

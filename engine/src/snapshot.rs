@@ -30,25 +30,51 @@ pub struct Snapshot {
 /// fault it stands for: the list only ever changes how fast a call starts,
 /// never what it sees (every page still holds the snapshot's content).
 #[derive(Debug, Default)]
-pub(crate) struct WorkingSet(Mutex<HashMap<String, Arc<str>>>);
+pub(crate) struct WorkingSet(Mutex<HashMap<String, Arc<[u8]>>>);
 
 impl WorkingSet {
-    /// The list to replay for `key`, or `None` while none is learned.
-    pub(crate) fn get(&self, key: &str) -> Option<Arc<str>> {
+    /// The list to replay for `key` as the call carries it, or `None` while
+    /// none is learned.
+    pub(crate) fn get(&self, key: &str) -> Option<Arc<[u8]>> {
         self.0.lock().ok()?.get(key).cloned()
     }
 
-    /// Keeps the first list learned for `key`; later ones are dropped.
-    pub(crate) fn learn(&self, key: &str, pages: String) -> bool {
+    /// Keeps the first list learned for `key` (the guest's entries, as
+    /// [`guest_fn::WORKING_SET`](hyperlight_js_abi::guest_fn::WORKING_SET)
+    /// reports them); later ones are dropped.
+    pub(crate) fn learn(&self, key: &str, entries: &[u64]) -> bool {
         let Ok(mut sets) = self.0.lock() else {
             return false;
         };
         if sets.contains_key(key) {
             return false;
         }
-        sets.insert(key.to_owned(), pages.into());
+        sets.insert(key.to_owned(), wire(entries).into());
         true
     }
+}
+
+/// A list as the guest kernel finds it at the end of the call's message:
+/// at most `MAX_PAGES` entries, little-endian, then the trailer
+/// (`hyperlight_js_guest_mm::working_set::trailer`).
+fn wire(entries: &[u64]) -> Vec<u8> {
+    use hyperlight_js_guest_mm::working_set::{MAX_PAGES, trailer};
+    let entries = &entries[..entries.len().min(MAX_PAGES)];
+    let n = u32::try_from(entries.len()).unwrap_or(0);
+    entries
+        .iter()
+        .chain([trailer(n)].iter())
+        .flat_map(|e| e.to_le_bytes())
+        .collect()
+}
+
+/// The entries of the guest's report: 16 hex digits each.
+pub(crate) fn parse_entries(text: &str) -> Vec<u64> {
+    text.as_bytes()
+        .chunks_exact(16)
+        .filter_map(|c| std::str::from_utf8(c).ok())
+        .filter_map(|c| u64::from_str_radix(c, 16).ok())
+        .collect()
 }
 
 impl Snapshot {
@@ -58,8 +84,7 @@ impl Snapshot {
     /// every entry, so tests use this to replay lists no call would record.
     #[doc(hidden)]
     pub fn set_working_set(&self, key: &str, entries: &[u64]) -> bool {
-        let text: String = entries.iter().map(|e| format!("{e:016x}")).collect();
-        self.working_set.learn(key, text)
+        self.working_set.learn(key, entries)
     }
 }
 

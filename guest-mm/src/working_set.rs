@@ -22,7 +22,58 @@ pub const PENDING: u64 = 2;
 
 /// Longest working set the kernel records and replays (what the kernel
 /// page has room for beside the rest of its state).
-pub const MAX_PAGES: usize = 240;
+pub const MAX_PAGES: usize = 235;
+
+/// The high half of a list's trailer: "HLWS".
+pub const TRAILER_MAGIC: u32 = 0x484c_5753;
+
+/// The last 8 bytes of a list of `n` entries as the host sends it: the
+/// entries, little-endian, then this, so that the kernel finds the list
+/// from the end of the call's message, where hyperlight puts the bytes of
+/// the call's last (byte) parameter.
+pub const fn trailer(n: u32) -> u64 {
+    ((TRAILER_MAGIC as u64) << 32) | n as u64
+}
+
+/// Where the list of a call message sits, found from what the kernel reads
+/// of the message in place (the host wrote it; nothing in user mode has run
+/// since the restore, and every entry is checked anyway): the header's
+/// `kind` (byte 0) and `payload_len` (bytes 8..12), the receive buffer's
+/// `capacity`, and the 8 bytes that end the payload (`trailer`, read only
+/// if [`message_end`] gave their place). `Some((offset, n))`: `n` entries
+/// from `offset` bytes into the buffer.
+pub const fn list_span(
+    kind: u8,
+    payload_len: u32,
+    capacity: u64,
+    trailer: u64,
+) -> Option<(u64, u64)> {
+    let Some(end) = message_end(kind, payload_len, capacity) else {
+        return None;
+    };
+    if (trailer >> 32) as u32 != TRAILER_MAGIC {
+        return None;
+    }
+    let n = trailer & 0xffff_ffff;
+    let bytes = 8 * (n + 1);
+    if n as usize > MAX_PAGES || bytes > payload_len as u64 {
+        return None;
+    }
+    Some((end - bytes, n))
+}
+
+/// The offset just past a request message of `payload_len` bytes in a
+/// receive buffer of `capacity` (the header is 12 bytes), if it is a
+/// request that ends in that buffer with room for a trailer.
+pub const fn message_end(kind: u8, payload_len: u32, capacity: u64) -> Option<u64> {
+    const REQUEST: u8 = 1;
+    const HEADER: u64 = 12;
+    let end = HEADER + payload_len as u64;
+    if kind != REQUEST || payload_len < 8 || end > capacity {
+        return None;
+    }
+    Some(end)
+}
 
 /// The entry recording a fault at `addr` that the kernel served with `decision`.
 pub const fn record(addr: u64, decision: Decision) -> u64 {
@@ -97,6 +148,41 @@ mod tests {
         assert_eq!(replayed(0x40_0000 | COPIED, 0x5000 | PRESENT), refused);
         // A page that is no longer present.
         assert_eq!(replayed(0x40_0000, 0x5000), refused);
+    }
+
+    #[test]
+    fn a_list_is_found_at_the_end_of_a_request_that_fits_its_buffer() {
+        // A 100-byte payload ending in 3 entries and the trailer.
+        assert_eq!(
+            list_span(1, 100, 4096, trailer(3)),
+            Some((12 + 100 - 32, 3))
+        );
+        assert_eq!(list_span(1, 32, 44, trailer(3)), Some((12, 3)));
+        // An empty list is a list.
+        assert_eq!(list_span(1, 8, 4096, trailer(0)), Some((12, 0)));
+    }
+
+    #[test]
+    fn no_list_is_found_where_the_message_does_not_hold_one() {
+        // Not a request (a snapshot checkpoint, a response).
+        assert_eq!(list_span(7, 100, 4096, trailer(3)), None);
+        assert_eq!(list_span(2, 100, 4096, trailer(3)), None);
+        // The message continues in another buffer.
+        assert_eq!(list_span(1, 5000, 4096, trailer(3)), None);
+        assert_eq!(message_end(1, 4085, 4096), None);
+        assert_eq!(message_end(1, 4084, 4096), Some(4096));
+        // No trailer, or one claiming more entries than the payload holds
+        // or than the kernel replays.
+        assert_eq!(list_span(1, 100, 4096, 3), None);
+        assert_eq!(list_span(1, 100, 4096, trailer(12)), None);
+        assert_eq!(
+            list_span(1, 4000, 4096, trailer(MAX_PAGES as u32 + 1)),
+            None
+        );
+        // Too short to hold a trailer at all.
+        assert_eq!(message_end(1, 7, 4096), None);
+        // A length that would overflow 32 bits is still bounded.
+        assert_eq!(list_span(1, u32::MAX, u64::MAX, trailer(u32::MAX)), None);
     }
 
     #[test]

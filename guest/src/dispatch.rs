@@ -198,8 +198,7 @@ fn call_guest_function(call: FunctionCall) -> CallResult {
                 Some(seed),
                 Some(now),
                 Some(hz),
-                Some(pages),
-                Some(record),
+                Some(_working_set),
             ) = (
                 args.string(),
                 args.string(),
@@ -208,26 +207,14 @@ fn call_guest_function(call: FunctionCall) -> CallResult {
                 args.u64(),
                 args.u64(),
                 args.u64(),
-                args.string(),
-                args.bool(),
+                args.bytes(),
             )
             else {
                 return Err(mismatch(&name));
             };
             args.end(&name)?;
-            // As early as the list can be had: every fault before this point
-            // is paid one by one.
-            let list: Vec<u64> = pages
-                .as_bytes()
-                .chunks_exact(16)
-                .filter_map(|c| core::str::from_utf8(c).ok())
-                .filter_map(|c| u64::from_str_radix(c, 16).ok())
-                .collect();
-            drop(pages);
-            usermode::replay_list(&list);
-            if record {
-                usermode::record_from_here();
-            }
+            // The working set was replayed by the kernel before user mode
+            // ran (`usermode::working_set`): here it is only bytes.
             ReturnValue::String(exports::call_handler(
                 key, event, context, gc, seed, now, hz,
             ))
@@ -293,6 +280,13 @@ impl Args {
     fn bool(&mut self) -> Option<bool> {
         match self.0.next()? {
             ParameterValue::Bool(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    fn bytes(&mut self) -> Option<Vec<u8>> {
+        match self.0.next()? {
+            ParameterValue::VecBytes(v) => Some(v),
             _ => None,
         }
     }

@@ -240,6 +240,50 @@ pub fn arena_range() -> Option<(u64, u64)> {
     published().map(|p| (p.lo, p.hi))
 }
 
+/// The receive buffers that the host's next two calls fill once the queues
+/// are in their canonical state (a checkpoint has just reset and prefilled
+/// them): the ones the first two descriptors of the host-to-guest ring
+/// post. The first one's address in the arena and its capacity, then the
+/// second one's address (0 if there is none); `None` if the first does not
+/// lie in the arena. Kernel mode.
+pub fn h2g_buffers() -> Option<[u64; 3]> {
+    let p = published()?;
+    let gva = |gpa: u64| {
+        gpa.checked_sub(p.arena.base_addr())
+            .and_then(|off| p.lo.checked_add(off))
+    };
+    let ring = gva(p.arena.h2g_ring_addr())?;
+    let buffer = |i: u64| -> Option<(u64, u64)> {
+        let desc = ring.checked_add(16 * i)?;
+        if desc.checked_add(16)? > p.hi {
+            return None;
+        }
+        // SAFETY: a descriptor (addr u64, len u32, id u16, flags u16) inside
+        // the arena, which stays mapped for the guest's lifetime.
+        let (addr, len) = unsafe {
+            (
+                (desc as *const u64).read_volatile(),
+                ((desc + 8) as *const u32).read_volatile(),
+            )
+        };
+        // Our pools hand out arena addresses as we map them (see `install`).
+        let at = if (p.lo..p.hi).contains(&addr) {
+            addr
+        } else {
+            gva(addr)?
+        };
+        let len = u64::from(len);
+        (at >= p.lo && at.checked_add(len)? <= p.hi).then_some((at, len))
+    };
+    let (first, cap) = buffer(0)?;
+    let second = if p.h2g.size().get() > 1 {
+        buffer(1).map_or(0, |(at, _)| at)
+    } else {
+        0
+    };
+    Some([first, cap, second])
+}
+
 /// The current snapshot generation. Kernel mode.
 pub fn generation() -> u64 {
     // SAFETY: the metadata page is mapped for the guest's lifetime.
@@ -540,6 +584,7 @@ impl Transport {
             self.h2g.reset().map_err(|e| verr("H2G reset", e))?;
         }
         self.prefill_h2g()?;
+        crate::usermode::checkpointed();
         // SAFETY: as above.
         unsafe { mbx.write_volatile(MailboxValue::CheckpointComplete.raw()) };
         Ok(())

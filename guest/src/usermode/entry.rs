@@ -44,7 +44,8 @@ global_asm!(
     "1:",
     ".endm",
 
-    // hljs_enter_user(entry: rdi, user_rsp: rsi, arg: rdx) -> status
+    // hljs_enter_user(entry: rdi, user_rsp: rsi, args: rdx, rcx, r8) -> status;
+    // user mode gets the args in rdi, rsi, rdx.
     ".global hljs_enter_user",
     "hljs_enter_user:",
     "push rbx", "push rbp", "push r12", "push r13", "push r14", "push r15",
@@ -56,8 +57,10 @@ global_asm!(
     "push {ucode}",
     "push rdi",
     "mov rdi, rdx",
+    "mov rsi, rcx",
+    "mov rdx, r8",
     // No kernel value leaks into user registers.
-    "xor eax, eax", "xor ebx, ebx", "xor ecx, ecx", "xor edx, edx", "xor esi, esi", "xor ebp, ebp",
+    "xor eax, eax", "xor ebx, ebx", "xor ecx, ecx", "xor ebp, ebp",
     "xor r8d, r8d", "xor r9d, r9d", "xor r10d, r10d", "xor r11d, r11d",
     "xor r12d, r12d", "xor r13d, r13d", "xor r14d, r14d", "xor r15d, r15d",
     "iretq",
@@ -249,7 +252,7 @@ global_asm!(
     "jz 8f",
     "mov r9, [rip + {kpage} + {k_alloc_gva}]",
     "mov r8, {page}",
-    "lock xadd [r9], r8",
+    "xadd [r9], r8",
     "lea r9, [r8 + {page}]",
     "cmp r9, [rip + {kpage} + {k_alloc_limit}]",
     "ja 7f",
@@ -294,7 +297,7 @@ global_asm!(
     // No page: give it back, and let the full path report it.
     "7:",
     "mov r9, [rip + {kpage} + {k_alloc_gva}]",
-    "lock sub qword ptr [r9], {page}",
+    "sub qword ptr [r9], {page}",
     "8:",
     "pop r9", "pop r8", "pop rsi", "pop rdx", "pop rcx", "pop rax",
     "push 14",
@@ -423,9 +426,9 @@ global_asm!(
 );
 
 unsafe extern "C" {
-    /// Enters user mode at `entry` with `user_rsp` and `arg` in `rdi`;
-    /// returns the `STATUS_*` with which user mode was left.
-    pub fn hljs_enter_user(entry: u64, user_rsp: u64, arg: u64) -> u64;
+    /// Enters user mode at `entry` with `user_rsp` and `args` in `rdi`,
+    /// `rsi`, `rdx`; returns the `STATUS_*` with which user mode was left.
+    pub fn hljs_enter_user(entry: u64, user_rsp: u64, a0: u64, a1: u64, a2: u64) -> u64;
     pub fn hljs_vec_0();
     pub fn hljs_vec_1();
     pub fn hljs_vec_3();

@@ -98,12 +98,22 @@ pub struct KState {
     pub stats: EntryStats,
     /// Entries of the previous call, per kind.
     pub last_stats: EntryStats,
-    /// Recording the pages opened and copied for user mode (`SYS_WS_RECORD`).
+    /// Recording the pages opened and copied for user mode: on in the
+    /// first call after a restore that replayed no working set.
     pub ws_on: bool,
     /// The recorded working set: `ws_len` entries of
     /// `hyperlight_js_guest_mm::working_set`.
     pub ws_len: u64,
     pub ws: [u64; MAX_PAGES],
+    /// Where the first call after a restore of this snapshot arrives: its
+    /// receive buffer in the arena and the buffer's capacity, then the
+    /// buffer the second call arrives in (noted at the checkpoint before
+    /// the snapshot, `SYS_WS_SOURCE`).
+    pub first_msg: [u64; 3],
+    /// The working set replayed at this call's start: the list in the
+    /// arena and how many of its entries the replay went through, for the
+    /// copies user mode makes first (`[0, 0]`: none).
+    pub replayed: [u64; 2],
     /// The #PF fast path's cache of leaf tables, direct-mapped by the 2 MiB
     /// region: `[region + 1, the leaf table's kernel address]`, `[0, _]`
     /// when empty. Cleared whenever the snapshot generation changes (the
@@ -141,6 +151,8 @@ pub(super) static mut KPAGE: KState = KState {
     ws_on: false,
     ws_len: 0,
     ws: [0; MAX_PAGES],
+    first_msg: [0; 3],
+    replayed: [0; 2],
     leaf_tables: [[0; 2]; LEAF_TABLES],
 };
 

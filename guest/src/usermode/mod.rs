@@ -48,7 +48,7 @@ use hyperlight_js_guest_mm::PAGE_SIZE;
 
 pub use kpage::{ENTRY_KINDS, Entry};
 pub use run::run;
-pub use working_set::{record_from_here, recorded, replay_list};
+pub use working_set::{checkpointed, recorded};
 
 /// System call: leave user mode (the job is done).
 pub const SYS_EXIT: u64 = 0;
@@ -61,13 +61,12 @@ pub const SYS_STATS: u64 = 2;
 /// if it was already on.
 pub const SYS_STATS_ON: u64 = 3;
 
-/// System call: record the call's working set from here on
-/// (`usermode::working_set`).
-pub const SYS_WS_RECORD: u64 = 4;
 /// System call: copy the previous call's working set into the list buffer; `rax` = its length.
-pub const SYS_WS_COPY: u64 = 5;
-/// System call: replay entries `rdi..rsi` of the list buffer; `rax` = where it stopped.
-pub const SYS_WS_REPLAY: u64 = 6;
+pub const SYS_WS_COPY: u64 = 4;
+/// System call: the transport is in its canonical state for a snapshot;
+/// note where the first call after a restore of it will arrive (the kernel
+/// finds the working set to replay there, `usermode::working_set`).
+pub const SYS_WS_SOURCE: u64 = 5;
 
 /// Top of the user stack: a region of its own, outside every hyperlight region.
 const USTACK_TOP: u64 = 0xffff_f000_1000_0000;
@@ -92,6 +91,12 @@ static IN_USER: AtomicBool = AtomicBool::new(false);
 /// kernel page (see [`kernel_enabled`]), where user mode cannot clear it to
 /// have the next call served in kernel mode.
 static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// The address of the flag the kernel sets for every user run, which it
+/// writes at every call.
+fn in_user_flag() -> u64 {
+    IN_USER.as_ptr() as u64
+}
 
 /// Whether the current code runs in user mode.
 pub fn in_user() -> bool {
@@ -141,8 +146,21 @@ pub fn init(stack_size: u64) {
 /// with `SYS_EXIT`. A fault that no [`run`] catches aborts the call.
 pub fn serve_in_user(entry: extern "C" fn(u64) -> !) {
     IN_USER.store(true, Ordering::Relaxed);
-    // SAFETY: kernel mode; `entry` is in the image, the user stack region is ours.
-    let status = unsafe { entry::hljs_enter_user(entry as *const () as u64, USTACK_TOP - 8, 0) };
+    // SAFETY: kernel mode, no user run in progress.
+    let [list, pending] = core::mem::take(&mut unsafe { kpage::kpage() }.replayed);
+    // User mode starts with the copies the call-start replay set up (none on
+    // a warm call), then runs `entry`.
+    // SAFETY: kernel mode; the start and `entry` are in the image, the user
+    // stack region is ours; `list` holds `pending` entries in the arena.
+    let status = unsafe {
+        entry::hljs_enter_user(
+            working_set::hljs_user_start as *const () as u64,
+            USTACK_TOP - 8,
+            entry as *const () as u64,
+            list,
+            pending,
+        )
+    };
     IN_USER.store(false, Ordering::Relaxed);
     if status != entry::STATUS_EXIT {
         // No formatting here: that would use the heap, whose allocator
@@ -188,12 +206,18 @@ pub fn last_call_entries(kind: Entry) -> (u64, u64) {
 pub fn call_begins(written: &[u64]) {
     // SAFETY: kernel mode, single vCPU, no user run in progress.
     let k = unsafe { kpage::kpage() };
-    if k.enabled {
-        // Before the first write to the kernel page.
-        paging::prepare_copies(k, written);
-    }
+    // Before the first write to the kernel page.
+    let restored = k.enabled && paging::prepare_copies(k, written);
     k.call_start = k.traps;
-    k.ws_on = false;
+    // The working set of the first call after a restore that brought none
+    // is recorded (`usermode::working_set`), from its first fault on.
+    // The first page of the second call's receive buffer goes in too: a
+    // call after the first reads it.
+    k.ws_on = restored && k.replayed[0] == 0;
+    if k.ws_on {
+        k.ws[0] = hyperlight_js_guest_mm::page_of(k.first_msg[2]);
+        k.ws_len = u64::from(k.first_msg[2] != 0);
+    }
     if k.stats_on {
         k.last_stats = k.stats;
         k.stats = [[0; 2]; ENTRY_KINDS];

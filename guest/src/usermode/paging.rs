@@ -294,23 +294,27 @@ pub fn window_leaf(k: &mut KState) -> Option<*mut u64> {
 /// Readies a call after a restore, in kernel mode on the kernel stack,
 /// before the kernel page is written: copies the copy-on-write pages the
 /// kernel writes at every call (the kernel page, [`COW_COPY`]'s page, the
-/// pages of `written`) at once rather than by a kernel fault each, and
-/// opens the last two, which user mode reads; empties
+/// user-mode flag's, the pages of `written`) at once rather than by a
+/// kernel fault each, and opens all but the first, which user mode reads; empties
 /// the #PF fast path's leaf-table cache (the tables have moved); finds the
 /// copy window's leaf (else the call's first copy would leave the fast path
-/// for it). [`COW_COPY`] must be writable before user mode runs: the fast
+/// for it); replays the working set the call carries
+/// (`working_set::replay_at_start`). [`COW_COPY`] must be writable before user mode runs: the fast
 /// path writes it on the exception stack, where a fault of its own would
 /// overwrite the frame it runs on.
+/// Whether it did (the first call after a restore).
 #[inline(always)]
-pub fn prepare_copies(k: &mut KState, written: &[u64]) {
+pub fn prepare_copies(k: &mut KState, written: &[u64]) -> bool {
     // All of it holds until the next restore or snapshot, which change the
     // generation: a warm call pays only this check.
     // SAFETY: the address of the generation, set at init; the metadata page
     // is mapped for the guest's lifetime.
     let generation = unsafe { (k.generation_gva as *const u64).read_volatile() };
-    if k.window[0] == 0 || k.window[1] != generation {
+    let restored = k.window[0] == 0 || k.window[1] != generation;
+    if restored {
         prepare_copies_now(k, written);
     }
+    restored
 }
 
 #[cold]
@@ -322,7 +326,8 @@ fn prepare_copies_now(k: &mut KState, written: &[u64]) {
     // User memory that user mode reads in every call too: opened with the
     // copy, as the fault for that read would open it.
     let descriptor = (&raw const COW_COPY) as u64;
-    for &va in core::iter::once(&descriptor).chain(written) {
+    let in_user = super::in_user_flag();
+    for &va in [descriptor, in_user].iter().chain(written) {
         if let Some(leaf) = leaf_entry(k, va) {
             open_leaf(leaf);
             copy_if_shared(Some(leaf), va);
@@ -331,7 +336,12 @@ fn prepare_copies_now(k: &mut KState, written: &[u64]) {
         }
     }
     k.leaf_tables = [[0; 2]; super::kpage::LEAF_TABLES];
-    let _ = window_leaf(k);
+    match window_leaf(k) {
+        // SAFETY: kernel mode at the call's start, after a restore (a new
+        // generation), with the window's leaf for it.
+        Some(window) => unsafe { super::working_set::replay_at_start(k, window) },
+        None => k.replayed = [0; 2],
+    }
     // SAFETY: kernel mode, no user run in progress: nothing else uses the
     // descriptor; the write stores the value already there (and serves the
     // kernel fault here if the copy above could not be made).

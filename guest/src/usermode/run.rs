@@ -86,7 +86,8 @@ pub fn run<R>(f: impl FnOnce() -> R) -> Result<R, Fault> {
     IN_USER.store(true, Ordering::Relaxed);
     // SAFETY: kernel mode; the trampoline and `job` live in user-accessible
     // memory (image and heap), the user stack region is ours.
-    let status = unsafe { hljs_enter_user(entry, USTACK_TOP - 8, &mut *job as *mut _ as u64) };
+    let status =
+        unsafe { hljs_enter_user(entry, USTACK_TOP - 8, &mut *job as *mut _ as u64, 0, 0) };
     IN_USER.store(false, Ordering::Relaxed);
     // SAFETY: kernel mode, after the run.
     let fault = unsafe { kpage() }

@@ -7,8 +7,8 @@ use super::entry::{STATUS_EXIT, STATUS_FAULT, STATUS_RESUME};
 use super::kpage::{ENTRY_KINDS, Entry, KState, kpage};
 use super::run::{LANDING_ACCESS, LANDING_OTHER, LANDING_STACK, Landing, USER_LANDING};
 use super::{
-    Fault, SYS_EXIT, SYS_STATS, SYS_STATS_ON, SYS_TRAPS, SYS_WS_COPY, SYS_WS_RECORD, SYS_WS_REPLAY,
-    faults, paging, working_set,
+    Fault, SYS_EXIT, SYS_STATS, SYS_STATS_ON, SYS_TRAPS, SYS_WS_COPY, SYS_WS_SOURCE, faults,
+    paging, working_set,
 };
 
 /// Kernel side of every user trap; returns a `STATUS_*`. Called by the trap
@@ -58,16 +58,8 @@ fn syscall(k: &mut KState, rip: u64) -> u64 {
         SYS_STATS if (arg as usize) < 2 * ENTRY_KINDS => {
             k.last_stats[arg as usize / 2][arg as usize % 2]
         }
-        SYS_WS_RECORD => {
-            working_set::start_recording(k);
-            0
-        }
         SYS_WS_COPY => working_set::copy_out(k),
-        SYS_WS_REPLAY => {
-            let end = k.user[4];
-            // SAFETY: kernel mode, user mode's system call on `k`.
-            unsafe { working_set::replay(k, arg, end) }
-        }
+        SYS_WS_SOURCE => working_set::note_source(k),
         _ => return deliver(k, Fault::Other { vector: 6, rip }),
     };
     k.user[0] = answer;

@@ -4,7 +4,8 @@
 //! (~0.3 ms of exception delivery here; the replay's work is ~1/3 of that).
 //!
 //! The host keeps the list between restores (it is lost with the memory) and
-//! passes it with the call. The kernel treats it as untrusted: each entry is
+//! passes it with the call, where the kernel reads it before user mode runs
+//! (`replay_at_start`). The kernel treats it as untrusted: each entry is
 //! served as the fault fast path would serve the fault it stands for, or
 //! not at all (`hyperlight_js_guest_mm::working_set`).
 //! Copies go through slots of the copy window after slot 0, which single
@@ -16,12 +17,16 @@ use hyperlight_js_guest_mm::fault::Decision;
 use hyperlight_js_guest_mm::working_set::{self as ws, COPIED, MAX_PAGES, PENDING};
 use hyperlight_js_guest_mm::{PAGE_SIZE, page_of, pte};
 
-use super::kpage::{K_ALLOC_GVA, K_ALLOC_LIMIT, K_HEAP, K_SCRATCH_DELTA, K_SCRATCH_GPA, KState};
+use super::kpage::{
+    K_ALLOC_GVA, K_ALLOC_LIMIT, K_ARENA, K_HEAP, K_SCRATCH_DELTA, K_SCRATCH_GPA, K_USTACK_LIMIT,
+    KState,
+};
 use super::paging::{self, COPY_WINDOW};
-use super::{SYS_WS_COPY, SYS_WS_RECORD, SYS_WS_REPLAY, in_user, syscall};
+use super::{SYS_WS_COPY, SYS_WS_SOURCE, in_user, syscall};
 
-/// Window slots a replay copies through (slot 0 is the single faults').
-const SLOTS: u64 = 64;
+/// Window slots a replay copies through (slot 0 is the single faults'):
+/// one for every entry a list can hold.
+const SLOTS: u64 = MAX_PAGES as u64;
 const _: () = assert!(PENDING == 2, "the replay loop clears it with `and rbx, -3`");
 const _: () = assert!(SLOTS < 512, "the slots share the window's leaf table");
 
@@ -53,12 +58,6 @@ pub fn record(k: &mut KState, addr: u64, decision: Decision) {
     }
 }
 
-/// `SYS_WS_RECORD`: record this call's working set (until the next call begins).
-pub fn start_recording(k: &mut KState) {
-    k.ws_on = true;
-    k.ws_len = 0;
-}
-
 /// `SYS_WS_COPY`: copies the record into the buffer; its length, or 0 when
 /// the buffer is not a writable user page.
 pub fn copy_out(k: &mut KState) -> u64 {
@@ -81,14 +80,29 @@ pub fn copy_out(k: &mut KState) -> u64 {
     n
 }
 
-/// `SYS_WS_REPLAY`: serves the faults that entries `start..end` of the
-/// buffer stand for, setting up the copies through window slots 1.. and
-/// marking their entries [`PENDING`]. Returns where it stopped: `end`, or
-/// the first entry left for a later replay (no slot left) or for the faults
-/// themselves (no page to spare).
+/// `SYS_WS_SOURCE`: notes where the first call after a restore of the
+/// snapshot about to be taken arrives (the transport has just reset its
+/// queues); 0. Read by the kernel from the ring itself: user mode only says when.
+pub fn note_source(k: &mut KState) -> u64 {
+    k.first_msg = crate::transport::h2g_buffers().unwrap_or([0; 3]);
+    0
+}
+
+/// Replays the working set that the call's message carries, at the start of
+/// the first call after a restore, before user mode runs: serves the
+/// faults its entries stand for, setting up copies through window slots
+/// 1.. and marking their entries [`PENDING`] for user mode to copy first
+/// (`hljs_user_start`). Notes the list and how far the replay went in
+/// `k.replayed` (`[0, 0]`: no list).
+///
+/// The list is the call's last parameter, so hyperlight puts it at the end
+/// of the message, which the kernel reads in place in the receive buffer
+/// noted at the snapshot's checkpoint (`hyperlight_js_guest_mm::working_set::list_span`).
+/// Nothing in user mode has run since the restore, and every entry is
+/// checked as the fault it stands for anyway.
 ///
 /// The loop is [`hljs_ws_replay`], in assembly: every instruction here is
-/// emulated (~1 µs each), and the same work in Rust, through
+/// emulated (~1.5 µs each), and the same work in Rust, through
 /// `hyperlight_js_guest_mm::decide`, cost ~250 µs an entry, about what the
 /// fault it saves costs. It serves what the fault fast path in `entry.rs`
 /// serves, by the same rules (a subset of `decide`'s, see
@@ -96,20 +110,36 @@ pub fn copy_out(k: &mut KState) -> u64 {
 /// page's own fault, later, gets the full path's decision.
 ///
 /// # Safety
-/// Kernel mode, handling user mode's system call on `k`.
-pub unsafe fn replay(k: &mut KState, start: u64, end: u64) -> u64 {
-    let end = end.min(MAX_PAGES as u64);
-    let buf = buffer();
-    if start >= end || !paging::writable_page(k, buf as u64) {
-        return end;
+/// Kernel mode at a call's start, after a restore, with the copy window's
+/// leaf `window` found for this generation; no user run in progress.
+pub unsafe fn replay_at_start(k: &mut KState, window: *mut u64) {
+    k.replayed = [0; 2];
+    let [msg, cap, _] = k.first_msg;
+    if msg == 0 {
+        return;
     }
-    let Some(window) = paging::window_leaf(k) else {
-        return start;
+    // SAFETY: `msg..msg + cap` is a receive buffer in the arena, mapped for
+    // the guest's lifetime (checked when noted); reads within it.
+    let (kind, payload_len) = unsafe {
+        (
+            (msg as *const u8).read_volatile(),
+            ((msg + 8) as *const u32).read_unaligned(),
+        )
     };
-    // SAFETY: the buffer is a writable user page of MAX_PAGES entries and
-    // `end` is within it; `window` is the live leaf entry of slot 0, whose
-    // table holds every slot; kernel mode.
-    unsafe { hljs_ws_replay(buf, start, end, window) }
+    let Some(end) = ws::message_end(kind, payload_len, cap) else {
+        return;
+    };
+    // SAFETY: `end - 8..end` is within the buffer (`message_end`).
+    let trailer = unsafe { ((msg + end - 8) as *const u64).read_unaligned() };
+    let Some((offset, n)) = ws::list_span(kind, payload_len, cap, trailer) else {
+        return;
+    };
+    let list = (msg + offset) as *mut u64;
+    // SAFETY: `n` entries at `list` lie within the buffer (`list_span`);
+    // `window` is the live leaf entry of slot 0, whose table holds every
+    // slot; kernel mode.
+    let stop = unsafe { hljs_ws_replay(list, 0, n, window) };
+    k.replayed = [list as u64, stop];
 }
 
 global_asm!(
@@ -131,10 +161,22 @@ global_asm!(
     "mov [rdi + rsi * 8], rbx",
     "mov rax, rbx",
     "and rax, -4096",
-    // A low-half page other than the kernel page, as the fast path serves.
+    // A low-half page other than the kernel page, or a page of the user
+    // stack (not its guard page) or the arena, as the fast path serves.
     "mov rbp, rax",
     "shr rbp, 47",
-    "jnz 80f",
+    "jz 3f",
+    "cmp rax, [r15 + {k_ustack_limit}]",
+    "jb 4f",
+    "mov rbp, {ustack_top}",
+    "cmp rax, rbp",
+    "jb 3f",
+    "4:",
+    "cmp rax, [r15 + {k_arena}]",
+    "jb 80f",
+    "cmp rax, [r15 + {k_arena} + 8]",
+    "jae 80f",
+    "3:",
     "cmp rax, r15",
     "je 80f",
     "mov rbp, rax",
@@ -211,7 +253,7 @@ global_asm!(
     "ja 90f",
     "mov r10, [r15 + {k_alloc_gva}]",
     "mov r11, {page}",
-    "lock xadd [r10], r11",
+    "xadd [r10], r11",
     "lea rbp, [r11 + {spare}]",
     "cmp rbp, [r15 + {k_alloc_limit}]",
     "ja 85f",
@@ -236,7 +278,7 @@ global_asm!(
     "jmp 80f",
     // No page to spare: give it back and stop.
     "85:",
-    "lock sub qword ptr [r10], {page}",
+    "sub qword ptr [r10], {page}",
     "jmp 90f",
     "80:",
     "inc rsi",
@@ -251,6 +293,9 @@ global_asm!(
     k_heap = const K_HEAP,
     k_alloc_gva = const K_ALLOC_GVA,
     k_alloc_limit = const K_ALLOC_LIMIT,
+    k_ustack_limit = const K_USTACK_LIMIT,
+    k_arena = const K_ARENA,
+    ustack_top = const super::USER_STACK_TOP,
     addr_mask = const pte::ADDR,
     keep_mask = const !(pte::ADDR | pte::COW),
     copied = const COPIED,
@@ -267,14 +312,6 @@ unsafe extern "C" {
 }
 
 // ---- user side ------------------------------------------------------------
-
-/// Records this call's working set from here on, for [`recorded`] in the
-/// next call. User mode only.
-pub fn record_from_here() {
-    if in_user() {
-        syscall(SYS_WS_RECORD, 0);
-    }
-}
 
 /// The working set the previous call recorded (empty if it recorded none).
 /// User mode only.
@@ -301,63 +338,60 @@ pub fn recorded() -> alloc::vec::Vec<u64> {
     list
 }
 
-/// Replays `list` (entries of `hyperlight_js_guest_mm::working_set`): the
-/// kernel opens and sets up copies for what each entry's fault would get,
-/// and each copy is made here before anything else can touch its page.
-/// User mode only; entries past [`MAX_PAGES`] are ignored.
-pub fn replay_list(list: &[u64]) {
-    if !in_user() || list.is_empty() {
-        return;
+/// Tells the kernel that the transport is in its canonical state for a
+/// snapshot (`SYS_WS_SOURCE`). User mode, or kernel mode before user mode
+/// is set up.
+pub fn checkpointed() {
+    if in_user() {
+        syscall(SYS_WS_SOURCE, 0);
+    } else if super::kernel_enabled() {
+        // SAFETY: kernel mode, no user run in progress.
+        note_source(unsafe { super::kpage::kpage() });
     }
-    let n = list.len().min(MAX_PAGES);
-    let buf = buffer();
-    // SAFETY: our buffer holds MAX_PAGES entries; `list` is not in it.
-    unsafe { core::ptr::copy_nonoverlapping(list.as_ptr(), buf, n) };
-    let mut start = 0u64;
-    while start < n as u64 {
-        let next: u64;
-        // SAFETY: the system call returns with every register but rax as it
-        // was; the loop then copies each PENDING entry's window slot into its
-        // page, using no stack: a page being copied may be the stack's own.
-        unsafe {
-            asm!(
-                "ud2",
-                "mov r8, rdi",
-                "mov r9, {slot1}",
-                "2:",
-                "cmp r8, rax",
-                "jae 4f",
-                "mov r10, [r11 + r8 * 8]",
-                "inc r8",
-                "test r10b, {pending}",
-                "jz 2b",
-                "and r10, -4096",
-                "mov rsi, r9",
-                "mov rdi, r10",
-                "mov ecx, {words}",
-                "rep movsq",
-                "add r9, {page}",
-                "jmp 2b",
-                "4:",
-                slot1 = const COPY_WINDOW + PAGE_SIZE,
-                pending = const PENDING,
-                words = const PAGE_SIZE / 8,
-                page = const PAGE_SIZE,
-                inlateout("rax") SYS_WS_REPLAY => next,
-                inout("rdi") start => _,
-                inout("rsi") n as u64 => _,
-                in("r11") buf,
-                out("rcx") _,
-                out("r8") _,
-                out("r9") _,
-                out("r10") _,
-                options(nostack)
-            )
-        };
-        if next <= start {
-            // No progress: what is left is served by its faults.
-            break;
-        }
-        start = next;
-    }
+}
+
+global_asm!(
+    // hljs_user_start(entry: rdi, list: rsi, pending: rdx): user mode's
+    // first code in every call. Copies each PENDING entry's window slot
+    // (1, 2, ... in list order) into its page, which the kernel's replay has
+    // just put in place, before anything can read or write the page; then
+    // runs `entry`, as if called from the top of the user stack. No stack
+    // use: a page being copied may be the stack's own.
+    ".global hljs_user_start",
+    "hljs_user_start:",
+    "mov r11, rdi",
+    "mov r8, rsi",
+    "lea r9, [rsi + rdx * 8]",
+    "mov r10, {slot1}",
+    "2:",
+    "cmp r8, r9",
+    "jae 4f",
+    "mov rdi, [r8]",
+    "add r8, 8",
+    "test dil, {pending}",
+    "jz 2b",
+    "and rdi, -4096",
+    "mov rsi, r10",
+    "mov ecx, {words}",
+    "rep movsq",
+    "add r10, {page}",
+    "jmp 2b",
+    "4:",
+    "xor edi, edi",
+    "xor esi, esi",
+    "xor edx, edx",
+    "xor ecx, ecx",
+    "xor r8d, r8d",
+    "xor r9d, r9d",
+    "xor r10d, r10d",
+    "jmp r11",
+    slot1 = const COPY_WINDOW + PAGE_SIZE,
+    pending = const PENDING,
+    words = const PAGE_SIZE / 8,
+    page = const PAGE_SIZE,
+);
+
+unsafe extern "C" {
+    /// User mode's start (see the assembly above).
+    pub fn hljs_user_start();
 }
