@@ -17,7 +17,6 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::arch::{asm, global_asm};
-use core::sync::atomic::{AtomicU64, Ordering};
 
 use hyperlight_common::flatbuffer_wrappers::function_call::{FunctionCall, FunctionCallType};
 use hyperlight_common::flatbuffer_wrappers::function_types::{
@@ -89,8 +88,7 @@ pub fn finish_init() -> ! {
 /// Kernel part of a call: refresh the transport after a restore, then serve
 /// the call in user mode when it is enabled.
 extern "C" fn kernel_dispatch() {
-    usermode::call_begins(&[GENERATION.as_ptr() as u64]);
-    GENERATION.store(transport::generation(), Ordering::Relaxed);
+    usermode::call_begins(transport::generation());
     if usermode::kernel_enabled() {
         usermode::serve_in_user(user_dispatch);
     } else {
@@ -108,14 +106,10 @@ extern "C" fn user_dispatch(_: u64) -> ! {
     }
 }
 
-/// The snapshot generation, copied here by the kernel at each entry (user
-/// mode cannot read the scratch metadata page it lives on).
-static GENERATION: AtomicU64 = AtomicU64::new(0);
-
 /// Receives one call from the host, runs it and sends the result. A
 /// transport failure aborts the call: the host sees a guest abort.
 fn serve_one() {
-    let generation = GENERATION.load(Ordering::Relaxed);
+    let generation = usermode::call_generation();
     let action = match transport::with(|t| {
         t.refresh(generation)?;
         t.receive()

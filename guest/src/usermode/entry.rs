@@ -418,7 +418,7 @@ global_asm!(
     page = const hyperlight_js_guest_mm::PAGE_SIZE,
     last_qword = const hyperlight_js_guest_mm::PAGE_SIZE - 8,
     window = const super::paging::COPY_WINDOW,
-    cow = sym super::paging::COW_COPY,
+    cow = sym super::paging::CALL_PAGE,
     udata = const SEL_UDATA,
     ucode = const SEL_UCODE,
     kdata = const SEL_KDATA,

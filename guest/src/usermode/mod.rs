@@ -84,23 +84,16 @@ pub enum Fault {
     Other { vector: u64, rip: u64 },
 }
 
-/// Set while a user run is in progress (read by user code, to know that it
-/// is user code; the kernel never trusts it).
-static IN_USER: AtomicBool = AtomicBool::new(false);
 /// Set once `init` has run, for user code; the kernel's own copy is on the
 /// kernel page (see [`kernel_enabled`]), where user mode cannot clear it to
 /// have the next call served in kernel mode.
 static ENABLED: AtomicBool = AtomicBool::new(false);
 
-/// The address of the flag the kernel sets for every user run, which it
-/// writes at every call.
-fn in_user_flag() -> u64 {
-    IN_USER.as_ptr() as u64
-}
-
 /// Whether the current code runs in user mode.
 pub fn in_user() -> bool {
-    IN_USER.load(Ordering::Relaxed)
+    // Set while a user run is in progress (read by user code, to know that
+    // it is user code; the kernel never trusts it).
+    paging::user_run_flag().load(Ordering::Relaxed)
 }
 
 /// Whether user mode is set up for this sandbox (a hint for user code).
@@ -145,7 +138,7 @@ pub fn init(stack_size: u64) {
 /// Runs `entry` in user mode as the whole of a call from the host; it ends
 /// with `SYS_EXIT`. A fault that no [`run`] catches aborts the call.
 pub fn serve_in_user(entry: extern "C" fn(u64) -> !) {
-    IN_USER.store(true, Ordering::Relaxed);
+    paging::user_run_flag().store(true, Ordering::Relaxed);
     // SAFETY: kernel mode, no user run in progress.
     let [list, pending] = core::mem::take(&mut unsafe { kpage::kpage() }.replayed);
     // User mode starts with the copies the call-start replay set up (none on
@@ -161,7 +154,7 @@ pub fn serve_in_user(entry: extern "C" fn(u64) -> !) {
             pending,
         )
     };
-    IN_USER.store(false, Ordering::Relaxed);
+    paging::user_run_flag().store(false, Ordering::Relaxed);
     if status != entry::STATUS_EXIT {
         // No formatting here: that would use the heap, whose allocator
         // state user mode can write.
@@ -200,14 +193,14 @@ pub fn last_call_entries(kind: Entry) -> (u64, u64) {
 }
 
 /// Marks the start of a call from the host (for [`trap_count`] and
-/// [`last_call_entries`]). `written` holds addresses the caller's kernel
-/// code writes at every call: after a restore their pages are copied here at
-/// once, with the kernel page's, instead of one kernel fault each. Kernel mode.
-pub fn call_begins(written: &[u64]) {
+/// [`last_call_entries`]) and publishes the snapshot `generation` to user
+/// mode ([`call_generation`]). Kernel mode.
+pub fn call_begins(generation: u64) {
     // SAFETY: kernel mode, single vCPU, no user run in progress.
     let k = unsafe { kpage::kpage() };
     // Before the first write to the kernel page.
-    let restored = k.enabled && paging::prepare_copies(k, written);
+    let restored = k.enabled && paging::prepare_copies(k);
+    paging::published_generation().store(generation, Ordering::Relaxed);
     k.call_start = k.traps;
     // The working set of the first call after a restore that brought none
     // is recorded (`usermode::working_set`), from its first fault on.
@@ -222,6 +215,11 @@ pub fn call_begins(written: &[u64]) {
         k.last_stats = k.stats;
         k.stats = [[0; 2]; ENTRY_KINDS];
     }
+}
+
+/// The snapshot generation of the current call, as the kernel published it.
+pub fn call_generation() -> u64 {
+    paging::published_generation().load(Ordering::Relaxed)
 }
 
 /// The address of the kernel page, for tests that prove user mode cannot read it.

@@ -5,6 +5,7 @@
 //! snapshot without the user bit (see `hyperlight_js_guest_mm::pte`).
 
 use core::arch::{asm, global_asm};
+use core::sync::atomic::{AtomicBool, AtomicU64};
 
 use hyperlight_common::vmem::{BasicMapping, MappingKind};
 use hyperlight_js_guest_mm::fault::{Perms, Recorded};
@@ -246,7 +247,7 @@ pub unsafe fn copy_in_user(k: &mut KState, leaf: *mut u64, va: u64) -> bool {
         } else {
             0
         };
-        let c = &raw mut COW_COPY;
+        let c = &raw mut CALL_PAGE;
         (&raw mut (*c).src).write_volatile(COPY_WINDOW + top);
         (&raw mut (*c).dst).write_volatile(page + top);
         (&raw mut (*c).rip).write_volatile(k.frame[0]);
@@ -292,19 +293,18 @@ pub fn window_leaf(k: &mut KState) -> Option<*mut u64> {
 }
 
 /// Readies a call after a restore, in kernel mode on the kernel stack,
-/// before the kernel page is written: copies the copy-on-write pages the
-/// kernel writes at every call (the kernel page, [`COW_COPY`]'s page, the
-/// user-mode flag's, the pages of `written`) at once rather than by a
-/// kernel fault each, and opens all but the first, which user mode reads; empties
-/// the #PF fast path's leaf-table cache (the tables have moved); finds the
-/// copy window's leaf (else the call's first copy would leave the fast path
-/// for it); replays the working set the call carries
-/// (`working_set::replay_at_start`). [`COW_COPY`] must be writable before user mode runs: the fast
-/// path writes it on the exception stack, where a fault of its own would
-/// overwrite the frame it runs on.
+/// before the kernel page is written: copies the two copy-on-write pages
+/// the kernel writes at every call (the kernel page and [`CALL_PAGE`],
+/// which user mode reads, so it is opened too) at once rather than by a
+/// kernel fault each; empties the #PF fast path's leaf-table cache (the
+/// tables have moved); finds the copy window's leaf (else the call's first
+/// copy would leave the fast path for it); replays the working set the call
+/// carries (`working_set::replay_at_start`). [`CALL_PAGE`] must be writable
+/// before user mode runs: the fast path writes it on the exception stack,
+/// where a fault of its own would overwrite the frame it runs on.
 /// Whether it did (the first call after a restore).
 #[inline(always)]
-pub fn prepare_copies(k: &mut KState, written: &[u64]) -> bool {
+pub fn prepare_copies(k: &mut KState) -> bool {
     // All of it holds until the next restore or snapshot, which change the
     // generation: a warm call pays only this check.
     // SAFETY: the address of the generation, set at init; the metadata page
@@ -312,28 +312,25 @@ pub fn prepare_copies(k: &mut KState, written: &[u64]) -> bool {
     let generation = unsafe { (k.generation_gva as *const u64).read_volatile() };
     let restored = k.window[0] == 0 || k.window[1] != generation;
     if restored {
-        prepare_copies_now(k, written);
+        prepare_copies_now(k);
     }
     restored
 }
 
 #[cold]
-fn prepare_copies_now(k: &mut KState, written: &[u64]) {
+fn prepare_copies_now(k: &mut KState) {
     copy_if_shared(
         peek_leaf(super::kpage::kpage_addr()),
         super::kpage::kpage_addr(),
     );
     // User memory that user mode reads in every call too: opened with the
     // copy, as the fault for that read would open it.
-    let descriptor = (&raw const COW_COPY) as u64;
-    let in_user = super::in_user_flag();
-    for &va in [descriptor, in_user].iter().chain(written) {
-        if let Some(leaf) = leaf_entry(k, va) {
-            open_leaf(leaf);
-            copy_if_shared(Some(leaf), va);
-            // SAFETY: kernel mode; drops what the TLB holds for the page.
-            unsafe { asm!("invlpg [{}]", in(reg) va, options(nostack)) };
-        }
+    let va = (&raw const CALL_PAGE) as u64;
+    if let Some(leaf) = leaf_entry(k, va) {
+        open_leaf(leaf);
+        copy_if_shared(Some(leaf), va);
+        // SAFETY: kernel mode; drops what the TLB holds for the page.
+        unsafe { asm!("invlpg [{}]", in(reg) va, options(nostack)) };
     }
     k.leaf_tables = [[0; 2]; super::kpage::LEAF_TABLES];
     match window_leaf(k) {
@@ -346,7 +343,7 @@ fn prepare_copies_now(k: &mut KState, written: &[u64]) {
     // descriptor; the write stores the value already there (and serves the
     // kernel fault here if the copy above could not be made).
     unsafe {
-        let c = &raw mut COW_COPY;
+        let c = &raw mut CALL_PAGE;
         let rip = &raw mut (*c).rip;
         rip.write_volatile(rip.read_volatile());
     }
@@ -386,24 +383,50 @@ unsafe fn copy_page(src: *const u8, dst: *mut u8) {
     };
 }
 
-/// What [`hljs_cow_copy`] copies and where it resumes, written by the
-/// kernel; then three registers it saves. User memory: it is user mode's
-/// own copy of its own page. A page of its own, so that it is never the
-/// page being copied.
+/// The one page of user memory the kernel writes at every call, copied at
+/// call start after a restore (`prepare_copies`): what [`hljs_cow_copy`]
+/// copies and where it resumes, then three registers it saves (user mode's
+/// own copy of its own page, so never the page being copied), then the
+/// flag of a user run and the snapshot generation for user mode (which the
+/// kernel never trusts).
 #[repr(C, align(4096))]
-pub struct CowCopy {
+pub struct CallPage {
     src: u64,
     dst: u64,
     rip: u64,
     saved: [u64; 3],
+    /// Set by the kernel while a user run is in progress.
+    pub in_user: AtomicBool,
+    /// The snapshot generation, published by the kernel at every call
+    /// (user mode cannot read the scratch metadata page it lives on).
+    pub generation: AtomicU64,
 }
 
-pub static mut COW_COPY: CowCopy = CowCopy {
+pub static mut CALL_PAGE: CallPage = CallPage {
     src: 0,
     dst: 0,
     rip: 0,
     saved: [0; 3],
+    in_user: AtomicBool::new(false),
+    generation: AtomicU64::new(0),
 };
+
+/// The flag of a user run, on the call page.
+pub fn user_run_flag() -> &'static AtomicBool {
+    // SAFETY: taking the field's address reads nothing.
+    let flag = unsafe { &raw const CALL_PAGE.in_user };
+    // SAFETY: a shared reference to an atomic field only; the page's other
+    // fields are written through raw pointers, never through a reference.
+    unsafe { &*flag }
+}
+
+/// The snapshot generation user mode reads, on the call page.
+pub fn published_generation() -> &'static AtomicU64 {
+    // SAFETY: taking the field's address reads nothing.
+    let generation = unsafe { &raw const CALL_PAGE.generation };
+    // SAFETY: as in `user_run_flag`.
+    unsafe { &*generation }
+}
 
 global_asm!(
     // User mode's half of a copy-on-write: copy the old page (mapped at
@@ -424,7 +447,7 @@ global_asm!(
     "mov rdi, [rip + {c} + 32]",
     "mov rcx, [rip + {c} + 40]",
     "jmp qword ptr [rip + {c} + 16]",
-    c = sym COW_COPY,
+    c = sym CALL_PAGE,
     words = const PAGE_SIZE / 8,
 );
 

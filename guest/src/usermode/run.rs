@@ -7,7 +7,7 @@ use core::sync::atomic::Ordering;
 
 use super::entry::{STATUS_EXIT, hljs_enter_user};
 use super::kpage::kpage;
-use super::{Fault, IN_USER, SYS_EXIT, USTACK_TOP, in_user, syscall};
+use super::{Fault, SYS_EXIT, USTACK_TOP, in_user, paging, syscall};
 
 /// A point user mode resumes at when one of its faults is fatal: like a
 /// signal handler plus `longjmp`, so that the fault becomes an `Err` of
@@ -83,12 +83,12 @@ pub fn run<R>(f: impl FnOnce() -> R) -> Result<R, Fault> {
     // SAFETY: kernel mode (not in user mode, checked above); the reference
     // ends before user mode is entered.
     unsafe { kpage() }.fault = None;
-    IN_USER.store(true, Ordering::Relaxed);
+    paging::user_run_flag().store(true, Ordering::Relaxed);
     // SAFETY: kernel mode; the trampoline and `job` live in user-accessible
     // memory (image and heap), the user stack region is ours.
     let status =
         unsafe { hljs_enter_user(entry, USTACK_TOP - 8, &mut *job as *mut _ as u64, 0, 0) };
-    IN_USER.store(false, Ordering::Relaxed);
+    paging::user_run_flag().store(false, Ordering::Relaxed);
     // SAFETY: kernel mode, after the run.
     let fault = unsafe { kpage() }
         .fault
