@@ -104,8 +104,7 @@ fn raw_echo(raw: &mut hyperlight_host::Sandbox) {
         0u64,
         0u64,
         0u64,
-        String::new(),
-        false,
+        Vec::<u8>::new(),
     );
     let _: String = raw.call(guest_fn::CALL_HANDLER, args).expect("raw call");
 }

@@ -25,9 +25,9 @@ pub const STATUS_FAULT: u64 = 2;
 
 global_asm!(
     // Appends the working-set entry for the page of `addr` with `flags` to
-    // the kernel page's record while recording is on (`SYS_WS_RECORD`);
-    // clobbers `entry`, `tmp` and `base`. The entry is made only then: every
-    // instruction here is emulated, and recording is off in nearly every call.
+    // the kernel page's record while recording is on (the first call after
+    // a restore that brought no list); clobbers `entry`, `tmp` and `base`.
+    // The entry is made only then: every instruction here is emulated.
     ".macro hljs_ws_record addr, flags, entry, tmp, base",
     "cmp byte ptr [rip + {kpage} + {k_ws_on}], 0",
     "je 1f",
