@@ -68,6 +68,12 @@ fn wire(entries: &[u64]) -> Vec<u8> {
         .collect()
 }
 
+/// A list of no entries: the guest kernel neither replays nor records for
+/// the call that carries it.
+pub(crate) fn empty_list() -> Vec<u8> {
+    wire(&[])
+}
+
 /// The entries of the guest's report: 16 hex digits each.
 pub(crate) fn parse_entries(text: &str) -> Vec<u64> {
     text.as_bytes()

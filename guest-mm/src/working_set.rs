@@ -7,14 +7,18 @@
 //! (assembly, `guest/src/usermode/working_set.rs`) serves it only where the
 //! fault fast path would, by the same rules, which give a subset of what
 //! [`crate::decide`] gives that fault (`Open` or `CopyOnWrite`), and skips
-//! anything else. So a list, however hostile, gains user mode nothing a
-//! fault would not.
+//! anything else; for a read of a copy-on-write page in the heap, where the
+//! fault would get a copy, it opens the page read-only, which gives less
+//! (the recording call does the same, so its list says which heap pages a
+//! call only reads, and a later write there is an ordinary copy-on-write
+//! fault). So a list, however hostile, gains user mode nothing a fault
+//! would not.
 
 use crate::fault::{Decision, PageFault};
 use crate::page_of;
 
-/// Entry flag: the kernel copied the page (a write, or a read in the heap),
-/// so the replay is a write.
+/// Entry flag: the kernel copied the page (for a write; a read in the heap is
+/// copied too, but not while the kernel records), so the replay is a write.
 pub const COPIED: u64 = 1;
 /// Entry flag, set by the kernel during a replay: the page's copy was set up,
 /// and user mode must copy the next window slot into it.

@@ -107,11 +107,12 @@ global_asm!(
     // transport arena in the upper half, through tables in scratch, no large
     // page, no reserved bit. For a leaf not open yet it opens a fetch (not
     // from a no-execute page), a write to a writable page and a read of a
-    // page that is not copy-on-write outside the heap. It copies a write to a
-    // copy-on-write page (open yet or not) and a read of one in the heap,
-    // when the copy window is valid for this snapshot generation and the
-    // allocator has a page. Anything else goes to the full path, which
-    // decides again from scratch.
+    // page that is not copy-on-write outside the heap (or any read while the
+    // working set is recorded: a read-only open gives less than the copy).
+    // It copies a write to a copy-on-write page (open yet or not) and a read
+    // of one in the heap, when the copy window is valid for this snapshot
+    // generation and the allocator has a page. Anything else goes to the
+    // full path, which decides again from scratch.
     // Stack after the pushes: r9, r8, rsi, rdx, rcx, rax, err, rip, cs, rflags, ...
     ".global hljs_vec_14",
     "hljs_vec_14:",
@@ -230,6 +231,10 @@ global_asm!(
     "4:",
     "test ecx, 0x200",
     "jz 5f",
+    // While recording, a read opens even in the heap: the record then says
+    // which pages the call only read, which a replay opens without a copy.
+    "cmp byte ptr [rip + {kpage} + {k_ws_on}], 0",
+    "jne 5f",
     "cmp rax, [rip + {kpage} + {k_heap}]",
     "jb 5f",
     "cmp rax, [rip + {kpage} + {k_heap} + 8]",

@@ -18,8 +18,7 @@ use hyperlight_js_guest_mm::working_set::{self as ws, COPIED, MAX_PAGES, PENDING
 use hyperlight_js_guest_mm::{PAGE_SIZE, page_of, pte};
 
 use super::kpage::{
-    K_ALLOC_GVA, K_ALLOC_LIMIT, K_ARENA, K_HEAP, K_SCRATCH_DELTA, K_SCRATCH_GPA, K_USTACK_LIMIT,
-    KState,
+    K_ALLOC_GVA, K_ALLOC_LIMIT, K_ARENA, K_SCRATCH_DELTA, K_SCRATCH_GPA, K_USTACK_LIMIT, KState,
 };
 use super::paging::{self, COPY_WINDOW};
 use super::{SYS_WS_COPY, SYS_WS_SOURCE, in_user, syscall};
@@ -234,14 +233,9 @@ global_asm!(
     "test r9d, 0x200",
     "jz 80f",
     "jmp 8f",
-    // A read: copy a copy-on-write page in the heap, open anything else.
+    // A read: open (a copy-on-write page read-only, as the recording call
+    // had it: a write later copies it).
     "6:",
-    "test r9d, 0x200",
-    "jz 7f",
-    "cmp rax, [r15 + {k_heap}]",
-    "jb 7f",
-    "cmp rax, [r15 + {k_heap} + 8]",
-    "jb 8f",
     "7:",
     "or r9, 4",
     "mov [r8], r9",
@@ -290,7 +284,6 @@ global_asm!(
     kpage = sym super::kpage::KPAGE,
     k_gpa = const K_SCRATCH_GPA,
     k_delta = const K_SCRATCH_DELTA,
-    k_heap = const K_HEAP,
     k_alloc_gva = const K_ALLOC_GVA,
     k_alloc_limit = const K_ALLOC_LIMIT,
     k_ustack_limit = const K_USTACK_LIMIT,
