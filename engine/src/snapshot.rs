@@ -108,3 +108,65 @@ impl std::fmt::Debug for Snapshot {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use hyperlight_js_guest_mm::working_set::{MAX_PAGES, list_span};
+
+    use super::{empty_list, parse_entries, wire};
+
+    /// A request message as Hyperlight lays it out in a receive buffer:
+    /// the 12-byte header (kind, reserved, cid, payload length), then the
+    /// payload, whose last bytes are the call's last byte parameter.
+    fn message(control: &[u8], last_param: &[u8]) -> Vec<u8> {
+        let payload_len = (control.len() + last_param.len()) as u32;
+        let mut m = vec![1u8, 0, 0, 0];
+        m.extend_from_slice(&7u32.to_le_bytes());
+        m.extend_from_slice(&payload_len.to_le_bytes());
+        m.extend_from_slice(control);
+        m.extend_from_slice(last_param);
+        m
+    }
+
+    /// What the guest kernel finds in `buffer` (of `capacity` bytes).
+    fn found(buffer: &[u8], capacity: u64) -> Option<Vec<u64>> {
+        let payload_len = u32::from_le_bytes(buffer[8..12].try_into().unwrap());
+        let end = 12 + payload_len as usize;
+        let trailer = u64::from_le_bytes(buffer[end - 8..end].try_into().unwrap());
+        let (offset, n) = list_span(buffer[0], payload_len, capacity, trailer)?;
+        let at = offset as usize;
+        Some(
+            buffer[at..at + 8 * n as usize]
+                .chunks_exact(8)
+                .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn the_guest_kernel_finds_the_list_the_engine_sends() {
+        let entries = [0x21c_0001, 0x21c_1001, 0x8_b000, 0xffff_ffff_fd70_0000];
+        // An odd-sized control part: the list need not be aligned.
+        let m = message(&[0xAB; 333], &wire(&entries));
+        assert_eq!(found(&m, 4096), Some(entries.to_vec()));
+        assert_eq!(found(&message(&[0; 40], &empty_list()), 4096), Some(vec![]));
+        // A message that does not fit its buffer carries no list for the kernel.
+        assert_eq!(found(&m, m.len() as u64 - 1), None);
+    }
+
+    #[test]
+    fn a_list_longer_than_the_kernel_replays_is_cut_to_what_it_does() {
+        let entries: Vec<u64> = (0..MAX_PAGES as u64 + 10).map(|i| i << 12).collect();
+        let m = message(&[0; 16], &wire(&entries));
+        assert_eq!(found(&m, 1 << 20), Some(entries[..MAX_PAGES].to_vec()));
+    }
+
+    #[test]
+    fn the_guests_report_is_read_as_hex_entries() {
+        assert_eq!(
+            parse_entries("00000000021c0001fffffffffd700000"),
+            vec![0x21c_0001, 0xffff_ffff_fd70_0000]
+        );
+        assert_eq!(parse_entries(""), Vec::<u64>::new());
+    }
+}
