@@ -319,14 +319,20 @@ pub fn prepare_copies(k: &mut KState) -> bool {
 
 #[cold]
 fn prepare_copies_now(k: &mut KState) {
-    copy_if_shared(
-        peek_leaf(super::kpage::kpage_addr()),
-        super::kpage::kpage_addr(),
-    );
+    let kpage = super::kpage::kpage_addr();
+    let va = (&raw const CALL_PAGE) as u64;
+    // Both are statics of the image: one walk serves the two when they
+    // share a 2 MiB region, as they do.
+    let kpage_table = leaf_table(k, kpage);
+    let call_table = if kpage >> 21 == va >> 21 {
+        kpage_table
+    } else {
+        leaf_table(k, va)
+    };
+    copy_if_shared(kpage_table.and_then(|t| leaf_in(k, t, kpage)), kpage);
     // User memory that user mode reads in every call too: opened with the
     // copy, as the fault for that read would open it.
-    let va = (&raw const CALL_PAGE) as u64;
-    if let Some(leaf) = leaf_entry(k, va) {
+    if let Some(leaf) = call_table.and_then(|t| leaf_in(k, t, va)) {
         open_leaf(leaf);
         copy_if_shared(Some(leaf), va);
         // SAFETY: kernel mode; drops what the TLB holds for the page.
