@@ -52,9 +52,16 @@ pub const fn list_span(
     capacity: u64,
     trailer: u64,
 ) -> Option<(u64, u64)> {
-    let Some(end) = message_end(kind, payload_len, capacity) else {
-        return None;
-    };
+    match message_end(kind, payload_len, capacity) {
+        Some(end) => list_before(end, payload_len, trailer),
+        None => None,
+    }
+}
+
+/// [`list_span`] once [`message_end`] has given `end` (the kernel needs it
+/// first, to read the trailer there): the list that the `trailer` ending a
+/// payload of `payload_len` bytes at `end` announces, if it fits.
+pub const fn list_before(end: u64, payload_len: u32, trailer: u64) -> Option<(u64, u64)> {
     if (trailer >> 32) as u32 != TRAILER_MAGIC {
         return None;
     }

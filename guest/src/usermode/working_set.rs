@@ -130,11 +130,11 @@ pub unsafe fn replay_at_start(k: &mut KState, window: *mut u64) {
     };
     // SAFETY: `end - 8..end` is within the buffer (`message_end`).
     let trailer = unsafe { ((msg + end - 8) as *const u64).read_unaligned() };
-    let Some((offset, n)) = ws::list_span(kind, payload_len, cap, trailer) else {
+    let Some((offset, n)) = ws::list_before(end, payload_len, trailer) else {
         return;
     };
     let list = (msg + offset) as *mut u64;
-    // SAFETY: `n` entries at `list` lie within the buffer (`list_span`);
+    // SAFETY: `n` entries at `list` lie within the buffer (`list_before`);
     // `window` is the live leaf entry of slot 0, whose table holds every
     // slot; kernel mode.
     let stop = unsafe { hljs_ws_replay(list, 0, n, window) };
