@@ -95,34 +95,45 @@ impl TestBroker {
 
     async fn container(prefix: &str, image: &str) -> TestBroker {
         let (name, tag) = split_image(image);
-        let ports = free_ports(3);
-        let (amqp, epmd, dist) = (ports[0], ports[1], ports[2]);
         let node = format!("{}@localhost", unique(prefix));
         let started = Instant::now();
-        let request = GenericImage::new(name, tag)
-            .with_wait_for(WaitFor::message_on_stdout("Server startup complete"))
-            // Host networking: no bridge on these machines; everything on 127.0.0.1.
-            .with_network("host")
-            .with_env_var("RABBITMQ_NODE_PORT", amqp.to_string())
-            .with_env_var("ERL_EPMD_PORT", epmd.to_string())
-            .with_env_var("RABBITMQ_DIST_PORT", dist.to_string())
-            .with_env_var("RABBITMQ_NODENAME", node.as_str())
-            // The log on stdout, where the wait condition reads it.
-            .with_env_var("RABBITMQ_LOGS", "-")
-            // Idle schedulers sleep instead of spinning: several brokers share two cores.
-            .with_env_var(
-                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS",
-                "+sbwt none +sbwtdcpu none +sbwtdio none",
-            )
-            .with_startup_timeout(STARTUP_TIMEOUT);
-        let container = request.start().await.unwrap_or_else(|e| {
-            panic!(
-                "cannot start a broker container of {image} ({BROKER_IMAGE_ENV}): {e}\n\
-                 Is Docker running? `bash scripts/docker.sh` installs and starts it. \
-                 Without an image registry, `bash scripts/broker-images.sh` builds rabbitmq:4.3 \
-                 and rabbitmq:3.13 locally. Unset {BROKER_IMAGE_ENV} to use the broker at AMQP_URL."
-            )
-        });
+        // The ports are free when chosen, but another process may bind one
+        // before the broker does (its boot then fails with eaddrinuse):
+        // that, and only that, is retried with fresh ports.
+        let mut attempts = 0;
+        let (container, amqp) = loop {
+            attempts += 1;
+            let ports = free_ports(3);
+            let (amqp, epmd, dist) = (ports[0], ports[1], ports[2]);
+            let request = GenericImage::new(name.clone(), tag.clone())
+                .with_wait_for(WaitFor::message_on_stdout("Server startup complete"))
+                // Host networking: no bridge on these machines; everything on 127.0.0.1.
+                .with_network("host")
+                .with_env_var("RABBITMQ_NODE_PORT", amqp.to_string())
+                .with_env_var("ERL_EPMD_PORT", epmd.to_string())
+                .with_env_var("RABBITMQ_DIST_PORT", dist.to_string())
+                .with_env_var("RABBITMQ_NODENAME", node.as_str())
+                // The log on stdout, where the wait condition reads it.
+                .with_env_var("RABBITMQ_LOGS", "-")
+                // Idle schedulers sleep instead of spinning: several brokers share two cores.
+                .with_env_var(
+                    "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS",
+                    "+sbwt none +sbwtdcpu none +sbwtdio none",
+                )
+                .with_startup_timeout(STARTUP_TIMEOUT);
+            match request.start().await {
+                Ok(container) => break (container, amqp),
+                Err(e) if attempts < 3 && e.to_string().contains("eaddrinuse") => {
+                    eprintln!("broker container of {image}: a port was taken meanwhile, retrying");
+                }
+                Err(e) => panic!(
+                    "cannot start a broker container of {image} ({BROKER_IMAGE_ENV}): {e}\n\
+                     Is Docker running? `bash scripts/docker.sh` installs and starts it. \
+                     Without an image registry, `bash scripts/broker-images.sh` builds rabbitmq:4.3 \
+                     and rabbitmq:3.13 locally. Unset {BROKER_IMAGE_ENV} to use the broker at AMQP_URL."
+                ),
+            }
+        };
         eprintln!(
             "broker container {} of {image} ({node}, AMQP on 127.0.0.1:{amqp}) ready in {:?}",
             container.id(),
