@@ -1,5 +1,6 @@
 //! What a page fault needs: the decision, from the fault and the page tables.
 
+use crate::PAGE_SIZE;
 use crate::pte::{COW, NX, PRESENT, RW};
 use crate::regions::{UPPER_HALF, UserRegions};
 
@@ -160,6 +161,28 @@ pub fn decide_kernel(
         .then_some(Decision::CopyOnWrite)
 }
 
+/// The bytes of the page at `page` that a copy-on-write for the kernel's own
+/// write must carry over, as `[start, end)` offsets in the page: all of it,
+/// except for a page of the kernel's main stack written while the kernel
+/// runs on that stack with stack pointer `sp`, where what lies below `sp` is
+/// dead (no red zone in kernel code) and only `[sp, page end)` is copied,
+/// nothing when the whole page is below `sp`. Each qword the emulator copies
+/// costs ~1 µs on kvm-pvm, so a stack page whose live part is a few frames
+/// is ~10× cheaper to copy this way than whole.
+pub fn kernel_copy_span(page: u64, sp: u64, main_stack: [u64; 2]) -> [u64; 2] {
+    let on_stack = |a: u64| (main_stack[0]..=main_stack[1]).contains(&a);
+    if !on_stack(page) || !on_stack(sp) {
+        return [0, PAGE_SIZE];
+    }
+    match sp.checked_sub(page) {
+        // The page is above the stack pointer: all of it may be live frames.
+        None => [0, PAGE_SIZE],
+        Some(off) if off >= PAGE_SIZE => [0, 0],
+        // Qword-aligned down, so that the copy stays one string instruction.
+        Some(off) => [off & !7, PAGE_SIZE],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,6 +213,36 @@ mod tests {
     const COW_LEAF: Option<u64> = Some(0x5000 | PRESENT | COW);
     const RO_LEAF: Option<u64> = Some(0x5000 | PRESENT);
     const RW_LEAF: Option<u64> = Some(0x5000 | PRESENT | RW);
+
+    const MAIN: [u64; 2] = [0x10_0000, 0x20_0000];
+
+    #[test]
+    fn a_kernel_copy_carries_only_the_live_part_of_a_main_stack_page() {
+        let page = 0x1f_f000;
+        // The stack pointer inside the page: from it to the page's end.
+        assert_eq!(
+            kernel_copy_span(page, page + 0xf48, MAIN),
+            [0xf48, PAGE_SIZE]
+        );
+        assert_eq!(
+            kernel_copy_span(page, page + 0xf4c, MAIN),
+            [0xf48, PAGE_SIZE]
+        );
+        assert_eq!(kernel_copy_span(page, page, MAIN), [0, PAGE_SIZE]);
+        // The page wholly below the stack pointer: nothing is live.
+        assert_eq!(kernel_copy_span(page - PAGE_SIZE, page + 8, MAIN), [0, 0]);
+        assert_eq!(kernel_copy_span(page, page + PAGE_SIZE, MAIN), [0, 0]);
+        // The page wholly above it: all of it.
+        assert_eq!(kernel_copy_span(page, page - 8, MAIN), [0, PAGE_SIZE]);
+    }
+
+    #[test]
+    fn a_kernel_copy_off_the_main_stack_carries_the_whole_page() {
+        // A data page, or the stack pointer on another stack (an IST stack,
+        // whose interrupted context may own the page's every byte).
+        assert_eq!(kernel_copy_span(0x40_0000, 0x1f_f800, MAIN), [0, PAGE_SIZE]);
+        assert_eq!(kernel_copy_span(0x1f_f000, 0x40_0800, MAIN), [0, PAGE_SIZE]);
+    }
 
     #[test]
     fn the_kernel_page_and_closed_regions_are_refused_whatever_the_tables_say() {

@@ -310,7 +310,8 @@ global_asm!(
 
     // A fault in kernel mode (stack: vector, err, rip, cs, rflags, rsp, ss,
     // on the exception stack). The caller-saved registers are saved around
-    // the handler; it returns only when the fault is served.
+    // the handler, which gets vector, err, cr2, rip and the interrupted rsp;
+    // it returns only when the fault is served.
     "hljs_kernel_trap:",
     "push rax", "push rcx", "push rdx", "push rsi", "push rdi",
     "push r8", "push r9", "push r10", "push r11",
@@ -318,6 +319,7 @@ global_asm!(
     "mov rsi, [rsp + 80]",
     "mov rdx, cr2",
     "mov rcx, [rsp + 88]",
+    "mov r8, [rsp + 112]",
     "cld",
     "call {kernel_fault}",
     "pop r11", "pop r10", "pop r9", "pop r8",

@@ -1,8 +1,10 @@
 //! Page faults: the user's, decided by `hyperlight_js_guest_mm`, and the
 //! kernel's own, and the report that ends the VM on a kernel bug.
 
-use hyperlight_js_guest_mm::fault::{Decision, FaultKind, PageFault, decide, decide_kernel};
-use hyperlight_js_guest_mm::{PAGE_SIZE, UserRegions};
+use hyperlight_js_guest_mm::fault::{
+    Decision, FaultKind, PageFault, decide, decide_kernel, kernel_copy_span,
+};
+use hyperlight_js_guest_mm::{PAGE_SIZE, UserRegions, page_of};
 
 use super::kpage::{Entry, KState, kpage_addr};
 use super::{Fault, USTACK_TOP, paging, working_set};
@@ -70,14 +72,15 @@ pub fn user_page_fault(k: &mut KState, addr: u64) -> Result<Entry, Fault> {
 /// hyperlight-guest-bin would; anything else is a guest-kernel bug and ends
 /// the VM with a report. Never the kernel page (a user trap may hold it),
 /// never the heap, never hyperlight's hooks.
-pub extern "C" fn hljs_kernel_fault(vector: u64, err: u64, cr2: u64, rip: u64) {
-    if vector == 14 && kernel_page_fault(PageFault { addr: cr2, err }) {
+pub extern "C" fn hljs_kernel_fault(vector: u64, err: u64, cr2: u64, rip: u64, sp: u64) {
+    if vector == 14 && kernel_page_fault(PageFault { addr: cr2, err }, sp) {
         return;
     }
     abort_report(b"guest kernel fault: vector ", vector, cr2, rip);
 }
 
-fn kernel_page_fault(fault: PageFault) -> bool {
+/// Serves the kernel's own page fault at `fault`, raised with stack pointer `sp`.
+fn kernel_page_fault(fault: PageFault, sp: u64) -> bool {
     use hyperlight_guest::layout::{MAIN_STACK_LIMIT_GVA, MAIN_STACK_TOP_GVA};
     let in_main_stack = (MAIN_STACK_LIMIT_GVA..MAIN_STACK_TOP_GVA).contains(&fault.addr);
     let leaf = paging::peek_leaf(fault.addr);
@@ -87,7 +90,12 @@ fn kernel_page_fault(fault: PageFault) -> bool {
         (Some(Decision::MapZeroed(perms)), _) => unsafe { paging::map_zeroed(fault.addr, perms) },
         // SAFETY: kernel mode; the live leaf of a copy-on-write page (decided above).
         (Some(Decision::CopyOnWrite), Some(leaf)) => unsafe {
-            paging::copy_for_kernel(leaf, fault.addr)
+            let span = kernel_copy_span(
+                page_of(fault.addr),
+                sp,
+                [MAIN_STACK_LIMIT_GVA, MAIN_STACK_TOP_GVA],
+            );
+            paging::copy_for_kernel(leaf, fault.addr, span)
         },
         _ => false,
     }

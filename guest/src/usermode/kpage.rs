@@ -59,20 +59,11 @@ pub type EntryStats = [[u64; 2]; ENTRY_KINDS];
 #[repr(C, align(4096))]
 pub struct KState {
     pub gdt: [u64; 8],
-    pub kernel_rsp: u64,
-    /// User GPRs at the trap: rax, rbx, rcx, rdx, rsi, rdi, rbp, r8..r15.
-    pub user: [u64; 15],
-    pub vector: u64,
-    pub err: u64,
-    /// rip, cs, rflags, rsp, ss of the interrupted user code.
-    pub frame: [u64; 5],
     pub ustack_limit: u64,
     /// Kernel entries from user mode since the runtime was loaded.
     pub traps: u64,
     /// User mode is set up: every call is served in user mode.
     pub enabled: bool,
-    /// `traps` when the current call from the host began.
-    pub call_start: u64,
     pub fault: Option<Fault>,
     /// The transport arena (virtqueue rings, pools, mailbox): user mode
     /// serves calls itself, so these scratch pages are open to it.
@@ -94,32 +85,53 @@ pub struct KState {
     /// Per-kind counting is on (`SYS_STATS_ON`): off, a call pays nothing
     /// for it (every CPL0 instruction is emulated here).
     pub stats_on: bool,
-    /// Entries of the current call, per kind.
-    pub stats: EntryStats,
-    /// Entries of the previous call, per kind.
-    pub last_stats: EntryStats,
     /// Recording the pages opened and copied for user mode: on in the
     /// first call after a restore that replayed no working set.
     pub ws_on: bool,
-    /// The recorded working set: `ws_len` entries of
-    /// `hyperlight_js_guest_mm::working_set`.
+    /// The recorded working set's length (entries in [`KState::ws`]).
     pub ws_len: u64,
-    pub ws: [u64; MAX_PAGES],
     /// Where the first call after a restore of this snapshot arrives: its
     /// receive buffer in the arena and the buffer's capacity, then the
     /// buffer the second call arrives in (noted at the checkpoint before
     /// the snapshot, `SYS_WS_SOURCE`).
     pub first_msg: [u64; 3],
-    /// The working set replayed at this call's start: the list in the
-    /// arena and how many of its entries the replay went through, for the
-    /// copies user mode makes first (`[0, 0]`: none).
+    // ---- Dead at a call's start after a restore: each field below is
+    // written before it is read in every call (or, for the statistics, only
+    // loses the counts of the call before the restore), so the page's copy
+    // then stops here ([`LIVE`]).
+    pub kernel_rsp: u64,
+    /// User GPRs at the trap: rax, rbx, rcx, rdx, rsi, rdi, rbp, r8..r15.
+    pub user: [u64; 15],
+    pub vector: u64,
+    pub err: u64,
+    /// rip, cs, rflags, rsp, ss of the interrupted user code.
+    pub frame: [u64; 5],
+    /// `traps` when the current call from the host began.
+    pub call_start: u64,
+    /// Entries of the current call, per kind.
+    pub stats: EntryStats,
+    /// Entries of the previous call, per kind.
+    pub last_stats: EntryStats,
+    /// The working set replayed at this call's start: whether a list came
+    /// (1) and how many copies the replay set up for user mode to make
+    /// first (`[0, 0]`: no list).
     pub replayed: [u64; 2],
     /// The #PF fast path's cache of leaf tables, direct-mapped by the 2 MiB
     /// region: `[region + 1, the leaf table's kernel address]`, `[0, _]`
     /// when empty. Cleared whenever the snapshot generation changes (the
     /// tables move), in kernel mode before the call's first fault.
     pub leaf_tables: [[u64; 2]; LEAF_TABLES],
+    /// The recorded working set: `ws_len` entries of
+    /// `hyperlight_js_guest_mm::working_set`, written before they are read
+    /// (recording starts from `ws_len` = 0 or 1 at a call's start).
+    pub ws: [u64; MAX_PAGES],
 }
+
+/// The bytes of the kernel page that must survive its copy-on-write at the
+/// first call after a restore: the fields before `kernel_rsp`; the rest is
+/// dead then. The emulator copies a qword in ~1 µs, the whole page in ~0.5 ms.
+pub const LIVE: u64 = offset_of!(KState, kernel_rsp) as u64;
+const _: () = assert!(LIVE.is_multiple_of(8) && LIVE < 512);
 
 /// Entries of [`KState::leaf_tables`] (a power of two).
 pub const LEAF_TABLES: usize = 8;
@@ -127,15 +139,9 @@ const _: () = assert!(core::mem::size_of::<KState>() == 4096);
 
 pub(super) static mut KPAGE: KState = KState {
     gdt: [0; 8],
-    kernel_rsp: 0,
-    user: [0; 15],
-    vector: 0,
-    err: 0,
-    frame: [0; 5],
     ustack_limit: 0,
     traps: 0,
     enabled: false,
-    call_start: 0,
     fault: None,
     arena: [0; 2],
     scratch: [0; 2],
@@ -146,14 +152,20 @@ pub(super) static mut KPAGE: KState = KState {
     alloc_limit: 0,
     generation_gva: 0,
     stats_on: false,
-    stats: [[0; 2]; ENTRY_KINDS],
-    last_stats: [[0; 2]; ENTRY_KINDS],
     ws_on: false,
     ws_len: 0,
-    ws: [0; MAX_PAGES],
     first_msg: [0; 3],
+    kernel_rsp: 0,
+    user: [0; 15],
+    vector: 0,
+    err: 0,
+    frame: [0; 5],
+    call_start: 0,
+    stats: [[0; 2]; ENTRY_KINDS],
+    last_stats: [[0; 2]; ENTRY_KINDS],
     replayed: [0; 2],
     leaf_tables: [[0; 2]; LEAF_TABLES],
+    ws: [0; MAX_PAGES],
 };
 
 /// The kernel page, the one way to reach it from Rust (the trap path's

@@ -140,18 +140,18 @@ pub fn init(stack_size: u64) {
 pub fn serve_in_user(entry: extern "C" fn(u64) -> !) {
     paging::user_run_flag().store(true, Ordering::Relaxed);
     // SAFETY: kernel mode, no user run in progress.
-    let [list, pending] = core::mem::take(&mut unsafe { kpage::kpage() }.replayed);
+    let [_, copies] = core::mem::take(&mut unsafe { kpage::kpage() }.replayed);
     // User mode starts with the copies the call-start replay set up (none on
     // a warm call), then runs `entry`.
     // SAFETY: kernel mode; the start and `entry` are in the image, the user
-    // stack region is ours; `list` holds `pending` entries in the arena.
+    // stack region is ours; the call page names `copies` pages.
     let status = unsafe {
         entry::hljs_enter_user(
             working_set::hljs_user_start as *const () as u64,
             USTACK_TOP - 8,
             entry as *const () as u64,
-            list,
-            pending,
+            paging::call_page_copies(),
+            copies,
         )
     };
     paging::user_run_flag().store(false, Ordering::Relaxed);

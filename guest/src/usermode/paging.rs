@@ -192,8 +192,10 @@ unsafe fn copy_in_kernel(leaf: *mut u64, va: u64) -> bool {
     true
 }
 
-/// Copy-on-write for a fault of the kernel itself: copies the page of `va`
-/// into a fresh one and puts that in place through `leaf`, writable, with
+/// Copy-on-write for a fault of the kernel itself: copies the bytes `span`
+/// (`[start, end)` offsets, qword-aligned) of the page of `va` into a fresh
+/// one, whose other bytes are dead (`hyperlight_js_guest_mm::fault::kernel_copy_span`),
+/// and puts that in place through `leaf`, writable, with
 /// every other bit as it was (the bits hyperlight's mapper would write for
 /// the copy, except that a page already open to user mode stays open: user
 /// mode could have had the same copy by writing it). Uses neither the
@@ -201,15 +203,20 @@ unsafe fn copy_in_kernel(leaf: *mut u64, va: u64) -> bool {
 ///
 /// # Safety
 /// Kernel mode; `leaf` is the live leaf entry of `va`, a copy-on-write page.
-pub unsafe fn copy_for_kernel(leaf: *mut u64, va: u64) -> bool {
+pub unsafe fn copy_for_kernel(leaf: *mut u64, va: u64, span: [u64; 2]) -> bool {
     let Some((pa, dst)) = fresh_page() else {
         return false;
     };
     let page = page_of(va);
+    let [start, end] = [span[0].min(PAGE_SIZE) & !7, span[1].min(PAGE_SIZE) & !7];
     // SAFETY: the caller's contract; the source page is mapped (read-only),
-    // the destination is a whole unused page.
+    // the destination is a whole unused page; the span lies within both.
     unsafe {
-        copy_page(page as *const u8, dst);
+        copy_qwords(
+            (page + start) as *const u8,
+            dst.add(start as usize),
+            end.saturating_sub(start) / 8,
+        );
         leaf.write_volatile(pte::after_kernel_copy(leaf.read_volatile(), pa));
         asm!("invlpg [{}]", in(reg) page, options(nostack));
     }
@@ -329,12 +336,16 @@ fn prepare_copies_now(k: &mut KState) {
     } else {
         leaf_table(k, va)
     };
-    copy_if_shared(kpage_table.and_then(|t| leaf_in(k, t, kpage)), kpage);
+    copy_if_shared(
+        kpage_table.and_then(|t| leaf_in(k, t, kpage)),
+        kpage,
+        super::kpage::LIVE,
+    );
     // User memory that user mode reads in every call too: opened with the
     // copy, as the fault for that read would open it.
     if let Some(leaf) = call_table.and_then(|t| leaf_in(k, t, va)) {
         open_leaf(leaf);
-        copy_if_shared(Some(leaf), va);
+        copy_if_shared(Some(leaf), va, CALL_PAGE_LIVE);
         // SAFETY: kernel mode; drops what the TLB holds for the page.
         unsafe { asm!("invlpg [{}]", in(reg) va, options(nostack)) };
     }
@@ -355,10 +366,11 @@ fn prepare_copies_now(k: &mut KState) {
     }
 }
 
-/// Copies the page of `va`, whose leaf entry is `leaf`, for the kernel if it
-/// is still copy-on-write, as the kernel's fault for a write there would.
-/// Best effort: a page left shared is copied by that fault.
-fn copy_if_shared(leaf: Option<*mut u64>, va: u64) {
+/// Copies the first `live` bytes of the page of `va`, whose leaf entry is
+/// `leaf`, for the kernel if it is still copy-on-write, as the kernel's fault
+/// for a write there would (the rest of the page is dead). Best effort: a
+/// page left shared is copied by that fault.
+fn copy_if_shared(leaf: Option<*mut u64>, va: u64, live: u64) {
     let Some(leaf) = leaf else {
         return;
     };
@@ -366,22 +378,32 @@ fn copy_if_shared(leaf: Option<*mut u64>, va: u64) {
     let v = unsafe { leaf.read_volatile() };
     if matches!(pte::recorded(v), Recorded::Cow { .. }) && v & RW == 0 {
         // SAFETY: kernel mode; the live leaf of a copy-on-write page.
-        unsafe { copy_for_kernel(leaf, va) };
+        unsafe { copy_for_kernel(leaf, va, [0, live]) };
     }
 }
 
-/// Copies one page with a single `rep movsq`: kernel mode is emulated on
-/// kvm-pvm, and the emulator runs a string instruction as one, where the
-/// generic `memcpy` loop costs ~2 000 emulated instructions (~1.6 ms).
+/// Copies one page with a single `rep movsq` (see [`copy_qwords`]).
 ///
 /// # Safety
 /// `src` and `dst` are page-aligned, mapped, and do not overlap.
 unsafe fn copy_page(src: *const u8, dst: *mut u8) {
+    // SAFETY: the caller's contract.
+    unsafe { copy_qwords(src, dst, PAGE_SIZE / 8) }
+}
+
+/// Copies `n` qwords with a single `rep movsq`: kernel mode is emulated on
+/// kvm-pvm, where the generic `memcpy` loop costs ~2 000 emulated
+/// instructions a page; the string instruction still costs ~1 µs per
+/// qword (~0.5 ms a page), so the kernel copies only what is live.
+///
+/// # Safety
+/// `src..src + 8n` and `dst..dst + 8n` are mapped and do not overlap.
+unsafe fn copy_qwords(src: *const u8, dst: *mut u8, n: u64) {
     // SAFETY: the caller's contract; DF is clear in our kernel (`cld` at entry).
     unsafe {
         asm!(
             "rep movsq",
-            inout("rcx") PAGE_SIZE / 8 => _,
+            inout("rcx") n => _,
             inout("rsi") src => _,
             inout("rdi") dst => _,
             options(nostack, preserves_flags)
@@ -406,7 +428,18 @@ pub struct CallPage {
     /// The snapshot generation, published by the kernel at every call
     /// (user mode cannot read the scratch metadata page it lives on).
     pub generation: AtomicU64,
+    /// The pages the call-start replay put in place for user mode to copy
+    /// first, in slot order (`hljs_user_start`): written by the kernel
+    /// before user mode runs, dead at the page's copy.
+    copies: [u64; super::working_set::SLOTS as usize],
 }
+
+/// Where [`CallPage`]'s copies are, for the replay loop.
+pub const CALL_PAGE_COPIES: usize = core::mem::offset_of!(CallPage, copies);
+
+/// The bytes of [`CALL_PAGE`] in use (its alignment pads it to a page): what
+/// its copy at call start carries over.
+const CALL_PAGE_LIVE: u64 = core::mem::offset_of!(CallPage, generation) as u64 + 8;
 
 pub static mut CALL_PAGE: CallPage = CallPage {
     src: 0,
@@ -415,6 +448,7 @@ pub static mut CALL_PAGE: CallPage = CallPage {
     saved: [0; 3],
     in_user: AtomicBool::new(false),
     generation: AtomicU64::new(0),
+    copies: [0; super::working_set::SLOTS as usize],
 };
 
 /// The flag of a user run, on the call page.
@@ -424,6 +458,11 @@ pub fn user_run_flag() -> &'static AtomicBool {
     // SAFETY: a shared reference to an atomic field only; the page's other
     // fields are written through raw pointers, never through a reference.
     unsafe { &*flag }
+}
+
+/// Where the call page's copies are (user mode's first copies, see [`CallPage`]).
+pub fn call_page_copies() -> u64 {
+    (&raw const CALL_PAGE) as u64 + CALL_PAGE_COPIES as u64
 }
 
 /// The snapshot generation user mode reads, on the call page.

@@ -14,7 +14,7 @@
 use core::arch::{asm, global_asm};
 
 use hyperlight_js_guest_mm::fault::Decision;
-use hyperlight_js_guest_mm::working_set::{self as ws, COPIED, MAX_PAGES, PENDING};
+use hyperlight_js_guest_mm::working_set::{self as ws, COPIED, MAX_PAGES};
 use hyperlight_js_guest_mm::{PAGE_SIZE, page_of, pte};
 
 use super::kpage::{
@@ -25,8 +25,7 @@ use super::{SYS_WS_COPY, SYS_WS_SOURCE, in_user, syscall};
 
 /// Window slots a replay copies through (slot 0 is the single faults'):
 /// one for every entry a list can hold.
-const SLOTS: u64 = MAX_PAGES as u64;
-const _: () = assert!(PENDING == 2, "the replay loop clears it with `and rbx, -3`");
+pub const SLOTS: u64 = MAX_PAGES as u64;
 const _: () = assert!(SLOTS < 512, "the slots share the window's leaf table");
 
 /// Pages of the allocator a replay leaves for the faults of the call itself
@@ -90,18 +89,18 @@ pub fn note_source(k: &mut KState) -> u64 {
 /// Replays the working set that the call's message carries, at the start of
 /// the first call after a restore, before user mode runs: serves the
 /// faults its entries stand for, setting up copies through window slots
-/// 1.. and marking their entries [`PENDING`] for user mode to copy first
-/// (`hljs_user_start`). Notes the list and how far the replay went in
-/// `k.replayed` (`[0, 0]`: no list).
+/// 1.., each slot's target page noted on the call page for user mode to
+/// copy first (`hljs_user_start`). Notes in `k.replayed` whether a list came
+/// and how many copies it set up (`[0, 0]`: no list).
 ///
 /// The list is the call's last parameter, so hyperlight puts it at the end
 /// of the message, which the kernel reads in place in the receive buffer
 /// noted at the snapshot's checkpoint (`hyperlight_js_guest_mm::working_set::list_span`).
 /// Nothing in user mode has run since the restore, and every entry is
-/// checked as the fault it stands for anyway.
+/// checked as the fault it stands for anyway; the kernel only reads it.
 ///
 /// The loop is [`hljs_ws_replay`], in assembly: every instruction here is
-/// emulated (~1.5 µs each), and the same work in Rust, through
+/// emulated (~1 µs each), and the same work in Rust, through
 /// `hyperlight_js_guest_mm::decide`, cost ~250 µs an entry, about what the
 /// fault it saves costs. It serves what the fault fast path in `entry.rs`
 /// serves, by the same rules (a subset of `decide`'s, see
@@ -110,7 +109,8 @@ pub fn note_source(k: &mut KState) -> u64 {
 ///
 /// # Safety
 /// Kernel mode at a call's start, after a restore, with the copy window's
-/// leaf `window` found for this generation; no user run in progress.
+/// leaf `window` found for this generation and [`CALL_PAGE`] writable; no
+/// user run in progress.
 pub unsafe fn replay_at_start(k: &mut KState, window: *mut u64) {
     k.replayed = [0; 2];
     let [msg, cap, _] = k.first_msg;
@@ -133,63 +133,148 @@ pub unsafe fn replay_at_start(k: &mut KState, window: *mut u64) {
     let Some((offset, n)) = ws::list_before(end, payload_len, trailer) else {
         return;
     };
-    let list = (msg + offset) as *mut u64;
+    if n == 0 {
+        // The engine's empty list: nothing to replay, nothing to record.
+        k.replayed = [1, 0];
+        return;
+    }
+    let list = (msg + offset) as *const u64;
     // SAFETY: `n` entries at `list` lie within the buffer (`list_before`);
     // `window` is the live leaf entry of slot 0, whose table holds every
-    // slot; kernel mode.
-    let stop = unsafe { hljs_ws_replay(list, 0, n, window) };
-    k.replayed = [list as u64, stop];
+    // slot; the call page is writable (the caller's contract); kernel mode.
+    let copies = unsafe { hljs_ws_replay(list, n, window) };
+    k.replayed = [1, copies];
 }
 
 global_asm!(
-    // hljs_ws_replay(buf: rdi, start: rsi, end: rdx, window: rcx) -> rax.
-    // rbx = entry, rax = its page, r8/r9 = walk, r12 = next slot,
-    // r13/r14 = the 2 MiB region last walked and its leaf table (the list
-    // is sorted, so each is walked once), r15 = the kernel page.
+    // hljs_ws_replay(list: rdi, n: rsi, window: rdx) -> rax = copies set up.
+    // rbx = entry, rax = its page, rcx = entries left, rdx = the window's
+    // leaf table, r8/r9/rbp = scratch, r10/r11 = end of and next page in
+    // the pages reserved for copies (one allocation for the whole replay:
+    // at most one copy per entry and per slot), r12 = next slot, r13/r14 =
+    // the 2 MiB region last walked and its leaf table (the list is sorted,
+    // so each is walked once), r15 = the kernel page.
     ".global hljs_ws_replay",
     "hljs_ws_replay:",
     "push rbx", "push rbp", "push r12", "push r13", "push r14", "push r15",
+    "lea r15, [rip + {kpage}]",
     "mov r12, 1",
     "mov r13, -1",
-    "lea r15, [rip + {kpage}]",
+    "mov rcx, rsi",
+    // Reserve min(n, slots) pages, leaving the reserve; none if they do not fit.
+    "mov r9, {slots}",
+    "cmp rsi, r9",
+    "cmovb r9, rsi",
+    "shl r9, 12",
+    "mov r8, [r15 + {k_alloc_gva}]",
+    "mov r11, r9",
+    "xadd [r8], r11",
+    "lea r10, [r11 + r9]",
+    "lea rbp, [r10 + {reserve}]",
+    "cmp rbp, [r15 + {k_alloc_limit}]",
+    "jbe 2f",
+    "sub [r8], r9",
+    "mov r10, r11",
+    // The loop: one entry each time round.
     "2:",
-    "cmp rsi, rdx",
-    "jae 90f",
-    "mov rbx, [rdi + rsi * 8]",
-    "and rbx, -3",
-    "mov [rdi + rsi * 8], rbx",
+    "sub rcx, 1",
+    "jb 90f",
+    "mov rbx, [rdi]",
+    "add rdi, 8",
     "mov rax, rbx",
     "and rax, -4096",
-    // A low-half page other than the kernel page, or a page of the user
-    // stack (not its guard page) or the arena, as the fast path serves.
-    "mov rbp, rax",
-    "shr rbp, 47",
-    "jz 3f",
-    "cmp rax, [r15 + {k_ustack_limit}]",
-    "jb 4f",
-    "mov rbp, {ustack_top}",
-    "cmp rax, rbp",
-    "jb 3f",
-    "4:",
-    "cmp rax, [r15 + {k_arena}]",
-    "jb 80f",
-    "cmp rax, [r15 + {k_arena} + 8]",
-    "jae 80f",
-    "3:",
-    "cmp rax, r15",
-    "je 80f",
     "mov rbp, rax",
     "shr rbp, 21",
     "cmp rbp, r13",
-    "je 5f",
+    "jne 20f",
+    // A page of the region walked last: a low-half page other than the
+    // kernel page, or a page of the user stack (not its guard page) or the
+    // arena, as the fast path serves.
+    "3:",
+    "test rax, rax",
+    "js 40f",
+    "cmp rax, r15",
+    "je 2b",
+    // The leaf: present and not open yet.
+    "5:",
+    "mov r9, rax",
+    "shr r9, 9",
+    "and r9d, 0xff8",
+    "lea r8, [r14 + r9]",
+    "mov r9, [r8]",
+    "test r9b, 1",
+    "jz 2b",
+    "test r9b, 4",
+    "jnz 2b",
+    "test bl, {copied}",
+    "jnz 6f",
+    // A read: open (a copy-on-write page read-only, as the recording call
+    // had it: a write later copies it).
+    "7:",
+    "or r9, 4",
+    "mov [r8], r9",
+    "jmp 2b",
+    // A write: open a writable page, copy a copy-on-write one.
+    "6:",
+    "test r9b, 2",
+    "jnz 7b",
+    "test r9d, 0x200",
+    "jz 2b",
+    // Copy-on-write: the next reserved page, the old one at the next slot,
+    // read-only for user mode (flushed only if the slot held a page: a
+    // restore leaves them empty unless the snapshot was taken with some
+    // set), the new one in place, its page noted for user mode's copy.
+    "cmp r11, r10",
+    "jae 90f",
+    "mov rbp, {addr_mask}",
+    "and rbp, r9",
+    "or rbp, 5",
+    "cmp qword ptr [rdx + r12 * 8], 0",
+    "mov [rdx + r12 * 8], rbp",
+    "je 8f",
+    "mov rbp, r12",
+    "shl rbp, 12",
+    "push r9",
+    "mov r9, {window}",
+    "add rbp, r9",
+    "pop r9",
+    "invlpg [rbp]",
+    "8:",
+    "mov rbp, {keep_mask}",
+    "and r9, rbp",
+    "or r9, r11",
+    "or r9, 6",
+    "mov [r8], r9",
+    "invlpg [rax]",
+    "lea rbp, [rip + {call_page} + {copies} - 8]",
+    "mov [rbp + r12 * 8], rax",
+    "inc r12",
+    "add r11, {page}",
+    "jmp 2b",
+    // A region not walked yet: an upper-half page must be the stack's or
+    // the arena's before its tables are touched.
+    "20:",
+    "test rax, rax",
+    "jns 21f",
+    "cmp rax, [r15 + {k_ustack_limit}]",
+    "jb 22f",
+    "mov r9, {ustack_top}",
+    "cmp rax, r9",
+    "jb 21f",
+    "22:",
+    "cmp rax, [r15 + {k_arena}]",
+    "jb 2b",
+    "cmp rax, [r15 + {k_arena} + 8]",
+    "jae 2b",
     // The three upper levels: tables in scratch, present, no large page;
     // the user bit set on the way.
+    "21:",
     "mov r8, cr3",
     ".irp shift, 39,30,21",
     "mov r9, {addr_mask}",
     "and r8, r9",
     "cmp r8, [r15 + {k_gpa}]",
-    "jb 80f",
+    "jb 2b",
     "add r8, [r15 + {k_delta}]",
     "mov r9, rax",
     "shr r9, \\shift",
@@ -197,9 +282,9 @@ global_asm!(
     "lea r8, [r8 + r9 * 8]",
     "mov r9, [r8]",
     "test r9b, 1",
-    "jz 80f",
+    "jz 2b",
     "test r9b, 0x80",
-    "jnz 80f",
+    "jnz 2b",
     "test r9b, 4",
     "jnz 1f",
     "or r9, 4",
@@ -210,78 +295,38 @@ global_asm!(
     "mov r9, {addr_mask}",
     "and r8, r9",
     "cmp r8, [r15 + {k_gpa}]",
-    "jb 80f",
+    "jb 2b",
     "add r8, [r15 + {k_delta}]",
     "mov r14, r8",
     "mov r13, rbp",
-    // The leaf: present and not open yet.
-    "5:",
-    "mov r9, rax",
-    "shr r9, 12",
-    "and r9d, 0x1ff",
-    "lea r8, [r14 + r9 * 8]",
-    "mov r9, [r8]",
-    "test r9b, 1",
-    "jz 80f",
-    "test r9b, 4",
-    "jnz 80f",
-    "test bl, {copied}",
-    "jz 6f",
-    // A write: open a writable page, copy a copy-on-write one.
-    "test r9b, 2",
-    "jnz 7f",
-    "test r9d, 0x200",
-    "jz 80f",
-    "jmp 8f",
-    // A read: open (a copy-on-write page read-only, as the recording call
-    // had it: a write later copies it).
-    "6:",
-    "7:",
-    "or r9, 4",
-    "mov [r8], r9",
-    "jmp 80f",
-    // Copy-on-write: a fresh page (leaving the reserve), the old one at the
-    // next slot, read-only for user mode, the new one in place.
-    "8:",
-    "cmp r12, {slots}",
-    "ja 90f",
-    "mov r10, [r15 + {k_alloc_gva}]",
-    "mov r11, {page}",
-    "xadd [r10], r11",
-    "lea rbp, [r11 + {spare}]",
-    "cmp rbp, [r15 + {k_alloc_limit}]",
-    "ja 85f",
-    "mov rbp, {addr_mask}",
-    "and rbp, r9",
-    "or rbp, 5",
-    "mov [rcx + r12 * 8], rbp",
-    "mov rbp, r12",
-    "shl rbp, 12",
-    "mov r10, {window}",
-    "add rbp, r10",
-    "invlpg [rbp]",
-    "mov rbp, {keep_mask}",
-    "and r9, rbp",
-    "or r9, r11",
-    "or r9, 6",
-    "mov [r8], r9",
-    "invlpg [rax]",
-    "or rbx, {pending}",
-    "mov [rdi + rsi * 8], rbx",
-    "inc r12",
-    "jmp 80f",
-    // No page to spare: give it back and stop.
-    "85:",
-    "sub qword ptr [r10], {page}",
-    "jmp 90f",
-    "80:",
-    "inc rsi",
-    "jmp 2b",
+    "jmp 3b",
+    // An upper-half page of the region walked last.
+    "40:",
+    "cmp rax, [r15 + {k_ustack_limit}]",
+    "jb 41f",
+    "mov r9, {ustack_top}",
+    "cmp rax, r9",
+    "jb 5b",
+    "41:",
+    "cmp rax, [r15 + {k_arena}]",
+    "jb 2b",
+    "cmp rax, [r15 + {k_arena} + 8]",
+    "jae 2b",
+    "jmp 5b",
+    // Done: the reserved pages not used go back to the allocator (nothing
+    // else has allocated since: one vCPU, no fault in the loop).
     "90:",
-    "mov rax, rsi",
+    "sub r10, r11",
+    "jz 1f",
+    "mov r8, [r15 + {k_alloc_gva}]",
+    "sub [r8], r10",
+    "1:",
+    "lea rax, [r12 - 1]",
     "pop r15", "pop r14", "pop r13", "pop r12", "pop rbp", "pop rbx",
     "ret",
     kpage = sym super::kpage::KPAGE,
+    call_page = sym super::paging::CALL_PAGE,
+    copies = const super::paging::CALL_PAGE_COPIES,
     k_gpa = const K_SCRATCH_GPA,
     k_delta = const K_SCRATCH_DELTA,
     k_alloc_gva = const K_ALLOC_GVA,
@@ -292,16 +337,15 @@ global_asm!(
     addr_mask = const pte::ADDR,
     keep_mask = const !(pte::ADDR | pte::COW),
     copied = const COPIED,
-    pending = const PENDING,
     slots = const SLOTS,
     page = const PAGE_SIZE,
-    spare = const PAGE_SIZE * (1 + RESERVE_PAGES),
+    reserve = const PAGE_SIZE * RESERVE_PAGES,
     window = const COPY_WINDOW,
 );
 
 unsafe extern "C" {
-    /// The replay loop (see [`replay`]).
-    fn hljs_ws_replay(buf: *mut u64, start: u64, end: u64, window: *mut u64) -> u64;
+    /// The replay loop (see [`replay_at_start`]).
+    fn hljs_ws_replay(list: *const u64, n: u64, window: *mut u64) -> u64;
 }
 
 // ---- user side ------------------------------------------------------------
@@ -344,12 +388,13 @@ pub fn checkpointed() {
 }
 
 global_asm!(
-    // hljs_user_start(entry: rdi, list: rsi, pending: rdx): user mode's
-    // first code in every call. Copies each PENDING entry's window slot
-    // (1, 2, ... in list order) into its page, which the kernel's replay has
-    // just put in place, before anything can read or write the page; then
-    // runs `entry`, as if called from the top of the user stack. No stack
-    // use: a page being copied may be the stack's own.
+    // hljs_user_start(entry: rdi, copies: rsi, count: rdx): user mode's
+    // first code in every call. Copies window slot k + 1 into the page
+    // copies[k] names, for each of the `count` copies the kernel's replay
+    // has just set up (the pages are in place, writable), before anything
+    // can read or write them; then runs `entry`, as if called from the top
+    // of the user stack. No stack use: a page being copied may be the
+    // stack's own.
     ".global hljs_user_start",
     "hljs_user_start:",
     "mov r11, rdi",
@@ -361,9 +406,6 @@ global_asm!(
     "jae 4f",
     "mov rdi, [r8]",
     "add r8, 8",
-    "test dil, {pending}",
-    "jz 2b",
-    "and rdi, -4096",
     "mov rsi, r10",
     "mov ecx, {words}",
     "rep movsq",
@@ -379,7 +421,6 @@ global_asm!(
     "xor r10d, r10d",
     "jmp r11",
     slot1 = const COPY_WINDOW + PAGE_SIZE,
-    pending = const PENDING,
     words = const PAGE_SIZE / 8,
     page = const PAGE_SIZE,
 );
