@@ -492,7 +492,35 @@ fn emulated_instructions(n: usize) {
         .iter()
         .map(|(_, t)| symbols.per_function(t, offset, n))
         .collect();
-    // The top functions by their sum over the columns.
+    println!();
+    println!(
+        "Where the calls after a restore spend them: instructions per call (means of {n}), top guest functions (guest rip = ELF vaddr + {offset:#x}):"
+    );
+    println!();
+    function_table(&columns, &per, |col| {
+        col.iter().map(|(_, v)| v).sum::<f64>()
+    });
+    let per_micros: Vec<Vec<(String, f64)>> = columns
+        .iter()
+        .map(|(_, t)| symbols.per_function_micros(t, offset, n))
+        .collect();
+    println!();
+    println!(
+        "And the time the emulator took for them, µs per call (means of {n}; from the tracepoint's timestamps, each instruction charged until the next event, except those that leave the emulator: `iretq`, `out`, `hlt`; a string instruction such as `rep movsq` costs ~1 µs per element):"
+    );
+    println!();
+    function_table(&columns, &per_micros, |col| {
+        col.iter().map(|(_, v)| v).sum::<f64>()
+    });
+}
+
+/// A table of the top 12 functions by their sum over `columns`, one cell per
+/// column from `per`, then the rest and `total` of each column.
+fn function_table(
+    columns: &[(String, &emulated::Trace)],
+    per: &[Vec<(String, f64)>],
+    total: impl Fn(&[(String, f64)]) -> f64,
+) {
     let mut ranked: Vec<(String, f64)> = Vec::new();
     for (name, v) in per.iter().flatten() {
         match ranked.iter_mut().find(|(r, _)| r == name) {
@@ -505,12 +533,6 @@ fn emulated_instructions(n: usize) {
     let cell = |col: &[(String, f64)], name: &str| {
         col.iter().find(|(f, _)| f == name).map_or(0.0, |(_, v)| *v)
     };
-    println!();
-    println!(
-        "Where the calls after a restore spend them: instructions per call (means of {n}), top {} guest functions (guest rip = ELF vaddr + {offset:#x}):",
-        ranked.len()
-    );
-    println!();
     println!(
         "| function | {} |",
         columns
@@ -531,14 +553,11 @@ fn emulated_instructions(n: usize) {
         .iter()
         .map(|col| {
             let top: f64 = ranked.iter().map(|(name, _)| cell(col, name)).sum();
-            format!("{:.0}", col.iter().map(|(_, v)| v).sum::<f64>() - top)
+            format!("{:.0}", total(col) - top)
         })
         .collect();
     println!("| everything else | {} |", rest.join(" | "));
-    let totals: Vec<String> = columns
-        .iter()
-        .map(|(_, t)| format!("{:.0}", t.total as f64 / n as f64))
-        .collect();
+    let totals: Vec<String> = per.iter().map(|col| format!("{:.0}", total(col))).collect();
     println!("| total | {} |", totals.join(" | "));
 }
 

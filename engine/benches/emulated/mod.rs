@@ -25,17 +25,45 @@ use object::{Object, ObjectSegment, ObjectSymbol, SegmentFlags, SymbolKind, Symb
 #[derive(Default)]
 pub struct Trace {
     pub total: u64,
-    /// Per guest rip: how often, and the instruction's bytes.
-    pub by_rip: HashMap<u64, (u64, Vec<u8>)>,
+    /// Per guest rip: how often, the instruction's bytes, and the
+    /// microseconds its emulations took (see [`Rip`]).
+    pub by_rip: HashMap<u64, Rip>,
+}
+
+/// One guest instruction's share of a trace.
+#[derive(Default)]
+pub struct Rip {
+    pub count: u64,
+    pub bytes: Vec<u8>,
+    /// Time from each of its events to the next event: what emulating it
+    /// took, string instructions (`rep movsq` copies a qword per ~1 µs)
+    /// and faults it raised included. Not counted for the instructions that
+    /// leave the emulator (`iretq` to user mode, `out`, `hlt`), whose next
+    /// event comes after native user code or the host ran.
+    pub micros: f64,
 }
 
 impl Trace {
     pub fn merge(&mut self, other: Trace) {
         self.total += other.total;
-        for (rip, (n, bytes)) in other.by_rip {
-            self.by_rip.entry(rip).or_insert((0, bytes)).0 += n;
+        for (rip, r) in other.by_rip {
+            let e = self.by_rip.entry(rip).or_insert_with(|| Rip {
+                bytes: r.bytes,
+                ..Rip::default()
+            });
+            e.count += r.count;
+            e.micros += r.micros;
         }
     }
+}
+
+/// Whether the instruction `bytes` leaves KVM's emulator: `iretq` (to user
+/// mode, which runs natively), `out` and `hlt` (to the host).
+fn leaves_emulation(bytes: &[u8]) -> bool {
+    matches!(
+        bytes,
+        [0x48, 0xcf, ..] | [0xe6 | 0xe7 | 0xee | 0xef, ..] | [0xf4, ..]
+    ) || matches!(bytes, [0x66, 0xe6 | 0xe7 | 0xee | 0xef, ..])
 }
 
 /// A tracefs instance with `kvm:kvm_emulate_insn` enabled for this thread;
@@ -119,10 +147,12 @@ fn is_root() -> bool {
 }
 
 /// Parses the text trace; lines look like
-/// `comm-123 [001] d..1. 5.6: kvm_emulate_insn: 0:8dcf6:0f 20 e7 (prot64)`
-/// (csbase:rip:bytes).
+/// `comm-123 [001] d..1. 5.600001: kvm_emulate_insn: 0:8dcf6:0f 20 e7 (prot64)`
+/// (timestamp in seconds with microseconds, then csbase:rip:bytes).
 fn parse(text: &str) -> Result<Trace, String> {
     let mut trace = Trace::default();
+    // The previous event: its rip, timestamp (µs) and whether it left the emulator.
+    let mut prev: Option<(u64, f64, bool)> = None;
     for line in text.lines() {
         if let Some(counts) = line.strip_prefix("# entries-in-buffer/entries-written:") {
             // A full buffer drops events: the count would be silently low.
@@ -136,9 +166,15 @@ fn parse(text: &str) -> Result<Trace, String> {
             }
             continue;
         }
-        let Some((_, event)) = line.split_once("kvm_emulate_insn: ") else {
+        let Some((head, event)) = line.split_once(": kvm_emulate_insn: ") else {
             continue;
         };
+        let micros = head
+            .rsplit(' ')
+            .next()
+            .and_then(|t| t.parse::<f64>().ok())
+            .ok_or_else(|| format!("no timestamp in: {line}"))?
+            * 1e6;
         let mut fields = event.splitn(3, ':');
         let (Some(_csbase), Some(rip), Some(rest)) = (fields.next(), fields.next(), fields.next())
         else {
@@ -152,8 +188,18 @@ fn parse(text: &str) -> Result<Trace, String> {
             .split_whitespace()
             .filter_map(|b| u8::from_str_radix(b, 16).ok())
             .collect();
+        if let Some((p, t, false)) = prev
+            && let Some(r) = trace.by_rip.get_mut(&p)
+        {
+            r.micros += (micros - t).max(0.0);
+        }
+        prev = Some((rip, micros, leaves_emulation(&bytes)));
         trace.total += 1;
-        trace.by_rip.entry(rip).or_insert((0, bytes)).0 += 1;
+        let r = trace.by_rip.entry(rip).or_insert_with(|| Rip {
+            bytes,
+            ..Rip::default()
+        });
+        r.count += 1;
     }
     Ok(trace)
 }
@@ -203,7 +249,7 @@ impl Symbols {
         let mut samples: Vec<(&u64, &Vec<u8>)> = trace
             .by_rip
             .iter()
-            .map(|(rip, (_, bytes))| (rip, bytes))
+            .map(|(rip, r)| (rip, &r.bytes))
             .filter(|(_, b)| !b.is_empty())
             .collect();
         samples.sort_by_key(|(rip, b)| (std::cmp::Reverse(b.len()), **rip));
@@ -245,13 +291,33 @@ impl Symbols {
 
     /// Mean instructions per call for each function, most first.
     pub fn per_function(&self, trace: &Trace, offset: u64, calls: usize) -> Vec<(String, f64)> {
-        let mut by: HashMap<&str, u64> = HashMap::new();
-        for (rip, (n, _)) in &trace.by_rip {
-            *by.entry(self.name(rip.wrapping_sub(offset))).or_default() += n;
+        self.per_function_by(trace, offset, calls, |r| r.count as f64)
+    }
+
+    /// Mean emulation microseconds per call for each function, most first.
+    pub fn per_function_micros(
+        &self,
+        trace: &Trace,
+        offset: u64,
+        calls: usize,
+    ) -> Vec<(String, f64)> {
+        self.per_function_by(trace, offset, calls, |r| r.micros)
+    }
+
+    fn per_function_by(
+        &self,
+        trace: &Trace,
+        offset: u64,
+        calls: usize,
+        value: impl Fn(&Rip) -> f64,
+    ) -> Vec<(String, f64)> {
+        let mut by: HashMap<&str, f64> = HashMap::new();
+        for (rip, r) in &trace.by_rip {
+            *by.entry(self.name(rip.wrapping_sub(offset))).or_default() += value(r);
         }
         let mut v: Vec<(String, f64)> = by
             .into_iter()
-            .map(|(k, n)| (k.to_string(), n as f64 / calls as f64))
+            .map(|(k, n)| (k.to_string(), n / calls as f64))
             .collect();
         v.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         v
