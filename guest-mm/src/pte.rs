@@ -84,7 +84,7 @@ const ZERO_INIT_WRITABLE: u64 = 1 << 9;
 const ZERO_INIT_EXECUTABLE: u64 = 1 << 10;
 /// The three software-available bits of a present leaf; hyperlight's
 /// copy-on-write mark is the value [`COW`] of all three.
-const AVL: u64 = 0xE00;
+pub const AVL: u64 = 0xE00;
 
 /// How hyperlight records a page, read from its leaf entry alone, exactly
 /// as hyperlight-common's walker decodes it (without the walk through its

@@ -137,7 +137,7 @@ const _: () = assert!(LIVE.is_multiple_of(8) && LIVE < 512);
 pub const LEAF_TABLES: usize = 8;
 const _: () = assert!(core::mem::size_of::<KState>() == 4096);
 
-pub(super) static mut KPAGE: KState = KState {
+pub(crate) static mut KPAGE: KState = KState {
     gdt: [0; 8],
     ustack_limit: 0,
     traps: 0,
@@ -188,6 +188,7 @@ pub fn kpage_addr() -> u64 {
 }
 
 pub const K_RSP: usize = offset_of!(KState, kernel_rsp);
+pub const K_ENABLED: usize = offset_of!(KState, enabled);
 pub const K_USER: usize = offset_of!(KState, user);
 pub const K_VECTOR: usize = offset_of!(KState, vector);
 pub const K_ERR: usize = offset_of!(KState, err);

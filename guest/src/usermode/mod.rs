@@ -47,6 +47,11 @@ use core::sync::atomic::{AtomicBool, Ordering};
 use hyperlight_js_guest_mm::PAGE_SIZE;
 
 pub use kpage::{ENTRY_KINDS, Entry};
+// For the call entry's assembly (`dispatch.rs`), which makes the stack's
+// copy after a restore.
+pub(crate) use kpage::{
+    K_ALLOC_GVA, K_ALLOC_LIMIT, K_ENABLED, K_SCRATCH_DELTA, K_SCRATCH_GPA, KPAGE as KPAGE_SYMBOL,
+};
 pub use run::run;
 pub use working_set::{checkpointed, recorded};
 
