@@ -129,7 +129,7 @@ fn kernel_page(sb: &mut LoadedJSSandbox, snap: &hyperlight_js_engine::Snapshot) 
 
 #[test]
 fn a_working_set_no_call_would_record_opens_nothing_a_fault_would_not() {
-    use hyperlight_js_guest_mm::working_set::COPIED;
+    use hyperlight_js_guest_mm::working_set::{COPIED, RUN};
     let opts = CallOptions::default().gc(false);
     let mut sb = loaded();
     let snap = sb.snapshot().unwrap();
@@ -145,9 +145,19 @@ fn a_working_set_no_call_would_record_opens_nothing_a_fault_would_not() {
     let window = [0xffff_f000_2000_0000, 0xffff_f000_2000_1000];
     let mut list = Vec::new();
     for page in closed.into_iter().chain(window) {
-        // Flag bits the kernel does not define are ignored, whatever they are.
+        // Single pages, and runs from them of every length.
         list.extend([page, page | COPIED, page | COPIED | 0xffe]);
     }
+    // Runs that reach the kernel page from pages a fault would serve: the
+    // pages before it, and its whole 2 MiB region.
+    let region = kpage & !0x1f_ffff;
+    list.extend([
+        (kpage - 0x1000) | 1 << 1,
+        (kpage - 0x1000) | 1 << 1 | COPIED,
+        region | RUN,
+        region | RUN | COPIED,
+    ]);
+    list.sort_unstable();
     assert!(
         snap.set_working_set("order", &list),
         "a working set was already set"

@@ -21,6 +21,63 @@ use crate::page_of;
 /// copied too, but not while the kernel records), so the replay is a write.
 pub const COPIED: u64 = 1;
 
+/// Entry field, bits 1..=9: a replayed entry stands for a *run* of this
+/// field + 1 consecutive pages from its page, all with its [`COPIED`] flag
+/// and all in the 2 MiB region of its first page ([`run`]), so that the
+/// replay decodes the entry and checks its region once for the whole run
+/// (each instruction of the kernel's replay is emulated). The kernel records
+/// single pages (the field is 0); [`merge_runs`] makes the runs.
+pub const RUN: u64 = 0x1ff << 1;
+
+/// Pages in a 2 MiB region: the longest run.
+pub const REGION_PAGES: u64 = 512;
+
+/// The first page and the number of pages of the run `entry` stands for,
+/// or `None` if they would not all lie in one 2 MiB region (the kernel
+/// skips such an entry whole). Bits 10 and 11 are ignored.
+pub const fn run(entry: u64) -> Option<(u64, u64)> {
+    let first = page_of(entry);
+    let pages = ((entry & RUN) >> 1) + 1;
+    let last = first.wrapping_add((pages - 1) * crate::PAGE_SIZE);
+    if last < first || last >> 21 != first >> 21 {
+        return None;
+    }
+    Some((first, pages))
+}
+
+/// Merges a sorted list of single-page entries, one per page (as
+/// [`record`] makes them, after sorting and removing duplicates), into runs
+/// of consecutive pages with the same flag in one 2 MiB region, in place;
+/// the number of entries it now holds. An entry that already is a run, or
+/// carries other bits, is kept as it is.
+pub fn merge_runs(list: &mut [u64]) -> usize {
+    let mut n = 0;
+    for i in 0..list.len() {
+        let entry = list[i];
+        if n > 0 && extends(list[n - 1], entry) {
+            list[n - 1] += 1 << 1;
+        } else {
+            list[n] = entry;
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Whether the single-page `entry` is the page just after the run `open`,
+/// with the same flag, in the same 2 MiB region.
+fn extends(open: u64, entry: u64) -> bool {
+    const FLAGS: u64 = crate::PAGE_SIZE - 1;
+    let Some((first, pages)) = run(open) else {
+        return false;
+    };
+    let next = first + pages * crate::PAGE_SIZE;
+    open & FLAGS & !RUN == entry & FLAGS
+        && entry & FLAGS & !COPIED == 0
+        && page_of(entry) == next
+        && next >> 21 == first >> 21
+}
+
 /// Longest working set the kernel records and replays (what the kernel
 /// page has room for beside the rest of its state).
 pub const MAX_PAGES: usize = 235;
@@ -92,20 +149,26 @@ pub const fn record(addr: u64, decision: Decision) -> u64 {
         }
 }
 
-/// The fault an entry stands for: a user access to a present page, a write
-/// if the page was copied, else a read. Flags other than [`COPIED`] are ignored.
-pub const fn replay(entry: u64) -> PageFault {
+/// The faults an entry stands for, one per page of its [`run`] (none if it
+/// crosses a 2 MiB region): a user access to a present page, a write if the
+/// pages were copied, else a read.
+pub fn replay(entry: u64) -> impl Iterator<Item = PageFault> {
     const PRESENT: u64 = 1;
     const WRITE: u64 = 2;
     const USER: u64 = 4;
-    PageFault {
-        addr: page_of(entry),
-        err: PRESENT | USER | if entry & COPIED != 0 { WRITE } else { 0 },
-    }
+    let (first, pages) = run(entry).unwrap_or((0, 0));
+    let err = PRESENT | USER | if entry & COPIED != 0 { WRITE } else { 0 };
+    (0..pages).map(move |i| PageFault {
+        addr: first + i * crate::PAGE_SIZE,
+        err,
+    })
 }
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
+    use std::vec::Vec;
+
     use super::*;
     use crate::fault::{FaultKind, Recorded, decide};
     use crate::pte::{COW, PRESENT, RW};
@@ -119,8 +182,16 @@ mod tests {
     };
     const HEAP: [u64; 2] = [0x100_0000, 0x300_0000];
 
+    /// The decision for each page of the entry's run, each with `leaf`.
+    fn replayed_all(entry: u64, leaf: u64) -> Vec<Decision> {
+        replay(entry)
+            .map(|f| decide(f, &R, HEAP, Some(leaf), || Recorded::Other))
+            .collect()
+    }
+
+    /// The decision for the entry's first page.
     fn replayed(entry: u64, leaf: u64) -> Decision {
-        decide(replay(entry), &R, HEAP, Some(leaf), || Recorded::Other)
+        replayed_all(entry, leaf)[0]
     }
 
     #[test]
@@ -138,8 +209,8 @@ mod tests {
                 Recorded::Other
             });
             assert_eq!(
-                replayed(record(addr, original), leaf),
-                original,
+                replayed_all(record(addr, original), leaf),
+                [original],
                 "{addr:#x}"
             );
         }
@@ -153,6 +224,12 @@ mod tests {
         // Whatever flag bits the entry carries.
         assert_eq!(replayed(R.kernel_page | COPIED | 0xffe, rw), refused);
         assert_eq!(replayed(0xffff_8000_0000_0000, rw), refused);
+        // Nor does a run reaching into the upper half.
+        let run = 0xffff_8000_0000_0000 | RUN;
+        assert!(replayed_all(run, rw).iter().all(|d| *d == refused));
+        // A run may not leave its region or wrap: it stands for no fault at all.
+        assert_eq!(replay(0x1ff_000 | 2 << 1).count(), 0);
+        assert_eq!(replay(0xffff_ffff_ffff_f000 | RUN).count(), 0);
         // A write to a read-only page that is not copy-on-write.
         assert_eq!(replayed(0x40_0000 | COPIED, 0x5000 | PRESENT), refused);
         // A page that is no longer present.
@@ -192,6 +269,87 @@ mod tests {
         assert_eq!(message_end(1, 7, 4096), None);
         // A length that would overflow 32 bits is still bounded.
         assert_eq!(list_span(1, u32::MAX, u64::MAX, trailer(u32::MAX)), None);
+    }
+
+    #[test]
+    fn a_run_is_at_most_its_region() {
+        assert_eq!(run(0x40_0000 | COPIED), Some((0x40_0000, 1)));
+        assert_eq!(run(0x40_0000 | RUN | 0xc00), Some((0x40_0000, 512)));
+        assert_eq!(run(0x40_1000 | RUN), None);
+        assert_eq!(run(0x5f_f000 | 1 << 1), None);
+        assert_eq!(run(0x5f_e000 | 1 << 1), Some((0x5f_e000, 2)));
+        assert_eq!(run(u64::MAX), None);
+    }
+
+    /// Single pages, sorted, one per page, as user mode hands them over.
+    fn pages(list: &[(u64, bool)]) -> Vec<u64> {
+        list.iter()
+            .map(|&(page, copied)| page | if copied { COPIED } else { 0 })
+            .collect()
+    }
+
+    /// Every page the entries stand for, with its flag.
+    fn expanded(list: &[u64]) -> Vec<u64> {
+        list.iter()
+            .flat_map(|&e| replay(e).map(move |f| f.addr | (e & COPIED)))
+            .collect()
+    }
+
+    #[test]
+    fn runs_join_consecutive_pages_of_one_flag_in_one_region() {
+        let mut list = pages(&[
+            (0x40_0000, false),
+            (0x40_1000, false),
+            (0x40_2000, true), // another flag
+            (0x40_3000, true),
+            (0x40_5000, true), // a gap
+            (0x5f_f000, true),
+            (0x60_0000, true), // another region
+            (0x60_1000, true),
+        ]);
+        let n = merge_runs(&mut list);
+        assert_eq!(
+            &list[..n],
+            [
+                0x40_0000 | 1 << 1,
+                0x40_2000 | 1 << 1 | COPIED,
+                0x40_5000 | COPIED,
+                0x5f_f000 | COPIED,
+                0x60_0000 | 1 << 1 | COPIED,
+            ]
+        );
+    }
+
+    #[test]
+    fn merged_runs_stand_for_exactly_the_pages_merged() {
+        // A whole region, its neighbours, and a pseudo-random mix of flags
+        // and gaps, as a call's heap might give.
+        let mut list: Vec<u64> = (0..512u64 + 2).map(|i| 0x3f_f000 + i * 0x1000).collect();
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut page = 0x100_0000;
+        for _ in 0..300 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            page += 0x1000 * (1 + (x & 3) / 3);
+            list.push(page | (x >> 8) & COPIED);
+        }
+        let before = list.clone();
+        let n = merge_runs(&mut list);
+        assert!(n < before.len() / 2, "{n} entries");
+        assert_eq!(expanded(&list[..n]), before);
+        // A whole region is one entry.
+        assert!(list[..n].contains(&(0x40_0000 | RUN)));
+        // Merged again, nothing changes.
+        let again = list[..n].to_vec();
+        assert_eq!(merge_runs(&mut list[..n]), n);
+        assert_eq!(list[..n], again);
+    }
+
+    #[test]
+    fn entries_with_undefined_bits_are_never_merged() {
+        let mut list = [0x40_0000 | 0x400, 0x40_1000, 0x40_2000 | 0x800];
+        assert_eq!(merge_runs(&mut list), 3);
     }
 
     #[test]

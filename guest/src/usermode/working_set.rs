@@ -24,7 +24,7 @@ use super::paging::{self, COPY_WINDOW};
 use super::{SYS_WS_COPY, SYS_WS_SOURCE, in_user, syscall};
 
 /// Window slots a replay copies through (slot 0 is the single faults'):
-/// one for every entry a list can hold.
+/// the most copies one replay sets up.
 pub const SLOTS: u64 = MAX_PAGES as u64;
 const _: () = assert!(SLOTS < 512, "the slots share the window's leaf table");
 
@@ -88,7 +88,8 @@ pub fn note_source(k: &mut KState) -> u64 {
 
 /// Replays the working set that the call's message carries, at the start of
 /// the first call after a restore, before user mode runs: serves the
-/// faults its entries stand for, setting up copies through window slots
+/// faults its entries stand for (each a run of pages in one 2 MiB region,
+/// `hyperlight_js_guest_mm::working_set::run`), setting up copies through window slots
 /// 1.., each slot's target page noted on the call page for user mode to
 /// copy first (`hljs_user_start`). Notes in `k.replayed` whether a list came
 /// and how many copies it set up (`[0, 0]`: no list).
@@ -148,34 +149,35 @@ pub unsafe fn replay_at_start(k: &mut KState, window: *mut u64) {
 
 global_asm!(
     // hljs_ws_replay(list: rdi, n: rsi, window: rdx) -> rax = copies set up.
-    // rbx = entry, rax = its page, rcx = entries left, rdx = the window's
-    // leaf table, r8/r9/rbp = scratch, r10/r11 = end of and next page in
-    // the pages reserved for copies (one allocation for the whole replay:
-    // at most one copy per entry and per slot), r12 = next slot, r13/r14 =
-    // the 2 MiB region last walked and its leaf table (the list is sorted,
-    // so each is walked once), r15 = the kernel page.
+    // rbx = entry, rax = the current page, rbp = its run's last page, rsi =
+    // the run's bytes left, rcx = entries left, rdx = the window's leaf
+    // table, r8 = the current page's leaf entry, r9 = scratch, r10/r11 =
+    // end of and next page in the pages reserved for copies (one allocation
+    // for the whole replay, at most one page per slot), r12 = next slot,
+    // r13/r14 = the 2 MiB region last walked and its leaf table (the list is
+    // sorted, so each is walked once), r15 = the kernel page.
     ".global hljs_ws_replay",
     "hljs_ws_replay:",
     "push rbx", "push rbp", "push r12", "push r13", "push r14", "push r15",
+    "sub rsp, 16",
+    "mov qword ptr [rsp], -1",
     "lea r15, [rip + {kpage}]",
     "mov r12, 1",
     "mov r13, -1",
     "mov rcx, rsi",
-    // Reserve min(n, slots) pages, leaving the reserve; none if they do not fit.
-    "mov r9, {slots}",
-    "cmp rsi, r9",
-    "cmovb r9, rsi",
-    "shl r9, 12",
+    // Reserve up to one page per slot, leaving the reserve (one vCPU, and
+    // no fault can come in the loop: a plain read-modify-write).
     "mov r8, [r15 + {k_alloc_gva}]",
-    "mov r11, r9",
-    "xadd [r8], r11",
-    "lea r10, [r11 + r9]",
-    "lea rbp, [r10 + {reserve}]",
-    "cmp rbp, [r15 + {k_alloc_limit}]",
-    "jbe 2f",
-    "sub [r8], r9",
-    "mov r10, r11",
-    // The loop: one entry each time round.
+    "mov r11, [r8]",
+    "mov r10, [r15 + {k_alloc_limit}]",
+    "sub r10, {reserve}",
+    "lea r9, [r11 + {slots} * {page}]",
+    "cmp r9, r10",
+    "cmovb r10, r9",
+    "cmp r10, r11",
+    "cmovb r10, r11",
+    "mov [r8], r10",
+    // The loop: one entry each time round, a page or a run of pages.
     "2:",
     "sub rcx, 1",
     "jb 90f",
@@ -183,47 +185,55 @@ global_asm!(
     "add rdi, 8",
     "mov rax, rbx",
     "and rax, -4096",
-    "mov rbp, rax",
-    "shr rbp, 21",
-    "cmp rbp, r13",
+    "test ebx, {run}",
+    "jnz 70f",
+    // One page: a low-half page other than the kernel page, or a page of
+    // the user stack (not its guard page) or the arena, as the fast path
+    // serves.
+    "mov esi, {page}",
+    "mov r9, rax",
+    "shr r9, 21",
+    "cmp r9, r13",
     "jne 20f",
-    // A page of the region walked last: a low-half page other than the
-    // kernel page, or a page of the user stack (not its guard page) or the
-    // arena, as the fast path serves.
     "3:",
     "test rax, rax",
-    "js 40f",
+    "js 39f",
     "cmp rax, r15",
     "je 2b",
-    // The leaf: present and not open yet.
+    // The first page's leaf; reads or writes.
     "5:",
-    "mov r9, rax",
-    "shr r9, 9",
-    "and r9d, 0xff8",
-    "lea r8, [r14 + r9]",
-    "mov r9, [r8]",
-    "test r9b, 1",
-    "jz 2b",
-    "test r9b, 4",
-    "jnz 2b",
+    "mov r8, rax",
+    "shr r8, 9",
+    "and r8d, 0xff8",
+    "add r8, r14",
     "test bl, {copied}",
-    "jnz 6f",
-    // A read: open (a copy-on-write page read-only, as the recording call
-    // had it: a write later copies it).
-    "7:",
+    "jnz 61f",
+    // Reads: open each page present and not open yet (a copy-on-write one
+    // read-only, as the recording call had it: a write later copies it).
+    "50:",
+    "mov r9, [r8]",
+    "mov ebp, r9d",
+    "and ebp, 5",
+    "cmp ebp, 1",
+    "jne 51f",
     "or r9, 4",
     "mov [r8], r9",
+    "51:",
+    "add r8, 8",
+    "sub esi, {page}",
+    "jnz 50b",
     "jmp 2b",
-    // A write: open a writable page, copy a copy-on-write one.
-    "6:",
-    "test r9b, 2",
-    "jnz 7b",
-    "test r9d, 0x200",
-    "jz 2b",
-    // Copy-on-write: the next reserved page, the old one at the next slot,
-    // read-only for user mode (flushed only if the slot held a page: a
-    // restore leaves them empty unless the snapshot was taken with some
-    // set), the new one in place, its page noted for user mode's copy.
+    // Writes: a present page not open yet, copy-on-write (the next reserved
+    // page, the old one at the next slot, read-only for user mode: flushed
+    // only if the slot held a page, as a restore leaves them empty unless
+    // the snapshot was taken with some set; the new one in place, its page
+    // noted for user mode's copy), or writable (opened).
+    "61:",
+    "mov r9, [r8]",
+    "mov ebp, r9d",
+    "and ebp, 0x207",
+    "cmp ebp, 0x201",
+    "jne 65f",
     "cmp r11, r10",
     "jae 90f",
     "mov rbp, {addr_mask}",
@@ -231,28 +241,71 @@ global_asm!(
     "or rbp, 5",
     "cmp qword ptr [rdx + r12 * 8], 0",
     "mov [rdx + r12 * 8], rbp",
-    "je 8f",
+    "je 62f",
+    "push rbp",
+    "push r9",
     "mov rbp, r12",
     "shl rbp, 12",
-    "push r9",
     "mov r9, {window}",
     "add rbp, r9",
-    "pop r9",
     "invlpg [rbp]",
-    "8:",
-    "mov rbp, {keep_mask}",
-    "and r9, rbp",
+    "pop r9",
+    "pop rbp",
+    // The leaf's flags, P and not RW, U or COW (checked above), become P,
+    // RW and U, without COW; the address the new page's.
+    "62:",
+    "xor r9, rbp",
+    "xor r9, {to_copied}",
     "or r9, r11",
-    "or r9, 6",
     "mov [r8], r9",
     "invlpg [rax]",
     "lea rbp, [rip + {call_page} + {copies} - 8]",
     "mov [rbp + r12 * 8], rax",
     "inc r12",
     "add r11, {page}",
+    "63:",
+    "add rax, {page}",
+    "add r8, 8",
+    "sub esi, {page}",
+    "jnz 61b",
     "jmp 2b",
-    // A region not walked yet: an upper-half page must be the stack's or
-    // the arena's before its tables are touched.
+    "65:",
+    "and ebp, 7",
+    "cmp ebp, 3",
+    "jne 63b",
+    "or r9, 4",
+    "mov [r8], r9",
+    "jmp 63b",
+    // A run: its pages in one 2 MiB region (so no wrapping around either),
+    // checked whole as one page is (the kernel page not among them, all in
+    // the stack or all in the arena), or skipped whole.
+    "70:",
+    "mov esi, ebx",
+    "and esi, {run}",
+    "shl esi, 11",
+    "lea rbp, [rax + rsi]",
+    "mov r9, rbp",
+    "xor r9, rax",
+    "shr r9, 21",
+    "jnz 2b",
+    "add esi, {page}",
+    "test rax, rax",
+    "js 40f",
+    "mov r9, r15",
+    "sub r9, rax",
+    "cmp r9, rsi",
+    "jb 2b",
+    "71:",
+    "mov r9, rax",
+    "shr r9, 21",
+    "cmp r9, r13",
+    "je 5b",
+    "call 80f",
+    "test r14, r14",
+    "jz 2b",
+    "jmp 5b",
+    // One page of a region not walked yet: an upper-half page must be the
+    // stack's or the arena's before its tables are touched.
     "20:",
     "test rax, rax",
     "jns 21f",
@@ -266,15 +319,49 @@ global_asm!(
     "jb 2b",
     "cmp rax, [r15 + {k_arena} + 8]",
     "jae 2b",
-    // The three upper levels: tables in scratch, present, no large page;
-    // the user bit set on the way.
     "21:",
+    "call 80f",
+    "test r14, r14",
+    "jz 2b",
+    "jmp 3b",
+    // Upper-half pages of the region walked last, from `rax` to `rbp`:
+    // within the user stack or within the arena.
+    "39:",
+    "mov rbp, rax",
+    "40:",
+    "cmp rax, [r15 + {k_ustack_limit}]",
+    "jb 41f",
+    "mov r9, {ustack_top}",
+    "cmp rbp, r9",
+    "jb 42f",
+    "41:",
+    "cmp rax, [r15 + {k_arena}]",
+    "jb 2b",
+    "cmp rbp, [r15 + {k_arena} + 8]",
+    "jae 2b",
+    "42:",
+    "test ebx, {run}",
+    "jz 5b",
+    "jmp 71b",
+    // The walk of `rax`'s region: the three upper levels, tables in
+    // scratch, present, no large page, the user bit set on the way; r13/r14
+    // set to the region and its leaf table, or to -1/0 if it has none. The
+    // upper two levels are walked once per 1 GiB: the frame keeps the last
+    // one walked and its level-2 table ([rsp + 8], [rsp + 16] here).
+    "80:",
+    "mov r9, rax",
+    "shr r9, 30",
+    "cmp r9, [rsp + 8]",
+    "jne 81f",
+    "mov r8, [rsp + 16]",
+    "jmp 82f",
+    "81:",
     "mov r8, cr3",
-    ".irp shift, 39,30,21",
+    ".irp shift, 39,30",
     "mov r9, {addr_mask}",
     "and r8, r9",
     "cmp r8, [r15 + {k_gpa}]",
-    "jb 2b",
+    "jb 89f",
     "add r8, [r15 + {k_delta}]",
     "mov r9, rax",
     "shr r9, \\shift",
@@ -282,9 +369,9 @@ global_asm!(
     "lea r8, [r8 + r9 * 8]",
     "mov r9, [r8]",
     "test r9b, 1",
-    "jz 2b",
+    "jz 89f",
     "test r9b, 0x80",
-    "jnz 2b",
+    "jnz 89f",
     "test r9b, 4",
     "jnz 1f",
     "or r9, 4",
@@ -295,33 +382,48 @@ global_asm!(
     "mov r9, {addr_mask}",
     "and r8, r9",
     "cmp r8, [r15 + {k_gpa}]",
-    "jb 2b",
+    "jb 89f",
+    "add r8, [r15 + {k_delta}]",
+    "mov [rsp + 16], r8",
+    "mov r9, rax",
+    "shr r9, 30",
+    "mov [rsp + 8], r9",
+    "82:",
+    "mov r9, rax",
+    "shr r9, 21",
+    "and r9d, 0x1ff",
+    "lea r8, [r8 + r9 * 8]",
+    "mov r9, [r8]",
+    "test r9b, 1",
+    "jz 89f",
+    "test r9b, 0x80",
+    "jnz 89f",
+    "test r9b, 4",
+    "jnz 1f",
+    "or r9, 4",
+    "mov [r8], r9",
+    "1:",
+    "mov r8, r9",
+    "mov r9, {addr_mask}",
+    "and r8, r9",
+    "cmp r8, [r15 + {k_gpa}]",
+    "jb 89f",
     "add r8, [r15 + {k_delta}]",
     "mov r14, r8",
-    "mov r13, rbp",
-    "jmp 3b",
-    // An upper-half page of the region walked last.
-    "40:",
-    "cmp rax, [r15 + {k_ustack_limit}]",
-    "jb 41f",
-    "mov r9, {ustack_top}",
-    "cmp rax, r9",
-    "jb 5b",
-    "41:",
-    "cmp rax, [r15 + {k_arena}]",
-    "jb 2b",
-    "cmp rax, [r15 + {k_arena} + 8]",
-    "jae 2b",
-    "jmp 5b",
+    "mov r13, rax",
+    "shr r13, 21",
+    "ret",
+    "89:",
+    "mov r13, -1",
+    "xor r14d, r14d",
+    "ret",
     // Done: the reserved pages not used go back to the allocator (nothing
-    // else has allocated since: one vCPU, no fault in the loop).
+    // else has allocated since).
     "90:",
-    "sub r10, r11",
-    "jz 1f",
     "mov r8, [r15 + {k_alloc_gva}]",
-    "sub [r8], r10",
-    "1:",
+    "mov [r8], r11",
     "lea rax, [r12 - 1]",
+    "add rsp, 16",
     "pop r15", "pop r14", "pop r13", "pop r12", "pop rbp", "pop rbx",
     "ret",
     kpage = sym super::kpage::KPAGE,
@@ -335,8 +437,9 @@ global_asm!(
     k_arena = const K_ARENA,
     ustack_top = const super::USER_STACK_TOP,
     addr_mask = const pte::ADDR,
-    keep_mask = const !(pte::ADDR | pte::COW),
+    to_copied = const pte::PRESENT | pte::RW | pte::COW,
     copied = const COPIED,
+    run = const ws::RUN,
     slots = const SLOTS,
     page = const PAGE_SIZE,
     reserve = const PAGE_SIZE * RESERVE_PAGES,
@@ -363,7 +466,8 @@ pub fn recorded() -> alloc::vec::Vec<u64> {
     // SAFETY: the kernel wrote `n` <= MAX_PAGES entries.
     let mut list = unsafe { core::slice::from_raw_parts(buf, n.min(MAX_PAGES)) }.to_vec();
     // By address, so that a replay walks each 2 MiB once; one entry a page,
-    // a copy where one was needed (a copy opens the page too).
+    // a copy where one was needed (a copy opens the page too); then runs of
+    // consecutive pages, one entry each.
     list.sort_unstable();
     list.dedup_by(|later, kept| {
         let same = page_of(*later) == page_of(*kept);
@@ -372,6 +476,11 @@ pub fn recorded() -> alloc::vec::Vec<u64> {
         }
         same
     });
+    // The buffer's page is written only to hand this list over: a call
+    // that replays it need not copy it.
+    list.retain(|e| page_of(*e) != buf as u64);
+    let runs = ws::merge_runs(&mut list);
+    list.truncate(runs);
     list
 }
 
