@@ -137,6 +137,9 @@ const _: () = assert!(LIVE.is_multiple_of(8) && LIVE < 512);
 pub const LEAF_TABLES: usize = 8;
 const _: () = assert!(core::mem::size_of::<KState>() == 4096);
 
+// With the other page-aligned statics, so that none splits the small
+// statics a call writes across more pages (each costs a copy per call).
+#[unsafe(link_section = ".data.hljs_page_aligned")]
 pub(crate) static mut KPAGE: KState = KState {
     gdt: [0; 8],
     ustack_limit: 0,

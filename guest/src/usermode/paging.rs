@@ -441,6 +441,9 @@ pub const CALL_PAGE_COPIES: usize = core::mem::offset_of!(CallPage, copies);
 /// its copy at call start carries over.
 const CALL_PAGE_LIVE: u64 = core::mem::offset_of!(CallPage, generation) as u64 + 8;
 
+// With the other page-aligned statics, so that none splits the small
+// statics a call writes across more pages (each costs a copy per call).
+#[unsafe(link_section = ".data.hljs_page_aligned")]
 pub static mut CALL_PAGE: CallPage = CallPage {
     src: 0,
     dst: 0,

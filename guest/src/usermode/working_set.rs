@@ -38,6 +38,9 @@ const RESERVE_PAGES: u64 = 64;
 #[repr(C, align(4096))]
 struct Buffer([u64; MAX_PAGES]);
 
+// With the other page-aligned statics, so that none splits the small
+// statics a call writes across more pages (each costs a copy per call).
+#[unsafe(link_section = ".data.hljs_page_aligned")]
 static mut BUFFER: Buffer = Buffer([0; MAX_PAGES]);
 
 fn buffer() -> *mut u64 {
