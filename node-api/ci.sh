@@ -128,6 +128,6 @@ case "${1:-all}" in
   examples) run_examples ;;
   quickstart) quickstart ;;
   bench) bench ;;
-  bench-peers) bench_peers ;;
+  bench-peers) install; build release; bench_peers ;;
   *) fail "unknown step '$1' (all, install, build, test, examples, quickstart, bench, bench-peers)" ;;
 esac

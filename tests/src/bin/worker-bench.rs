@@ -54,6 +54,7 @@ async fn main() {
     let messages = env_usize("BENCH_MESSAGES", 300);
     let engine_calls = env_usize("BENCH_ENGINE_CALLS", 100);
     let broker_messages = env_usize("BENCH_BROKER_MESSAGES", 5000);
+    let window = env_usize("BENCH_WINDOW", 2);
     let vhost = Vhost::new("bench");
     let mut rows = Vec::new();
     for &pool in &pools {
@@ -80,7 +81,8 @@ async fn main() {
     }
     println!();
     println!(
-        "Trivial handler (`return event`), {messages} messages per worker run with 2 × pool in flight, \
+        "Trivial handler (`return event`), {messages} messages per worker run with {window} × pool in flight \
+         and `prefetch_per_sandbox = {window}` (BENCH_WINDOW), \
          engine: {engine_calls} call + restore cycles before and after the worker run (mean), broker: {broker_messages} messages."
     );
     println!();
@@ -218,9 +220,11 @@ struct WorkerRun {
     p99: f64,
 }
 
-/// The worker (in this process, from the library) with `pool` sandboxes;
-/// closed loop with 2 × pool events in flight so a sandbox never waits for
-/// the broker; latency from publish to the outcome's arrival.
+/// The worker (in this process, from the library) with `pool` sandboxes and
+/// `BENCH_WINDOW` (default 2, the worker's default prefetch per sandbox)
+/// messages per sandbox both in flight in a closed loop and as the worker's
+/// prefetch; latency from publish to the outcome's arrival. A window of 2
+/// leaves sandboxes waiting on the broker's round trip here.
 async fn worker_run(vhost: &Vhost, pool: usize, n: usize) -> WorkerRun {
     let dir = temp_dir("bench");
     let handler = dir.join("bench.js");
@@ -229,6 +233,10 @@ async fn worker_run(vhost: &Vhost, pool: usize, n: usize) -> WorkerRun {
         write_config(&dir, "", &[HandlerSpec::new("bench", handler).pool(pool)]);
     let env: HashMap<String, String> = [
         ("AMQP_URL".to_string(), vhost.url.clone()),
+        (
+            "HLJS__BROKER__PREFETCH_PER_SANDBOX".to_string(),
+            env_usize("BENCH_WINDOW", 2).to_string(),
+        ),
         (
             "HLJS__HTTP__LISTEN".to_string(),
             hyperlight_js_e2e::free_addr().to_string(),
@@ -259,7 +267,7 @@ async fn worker_run(vhost: &Vhost, pool: usize, n: usize) -> WorkerRun {
         .await
         .unwrap();
     let origin = Instant::now();
-    let window = 2 * pool;
+    let window = env_usize("BENCH_WINDOW", 2) * pool;
     let publish = |id: usize| {
         let client = Arc::clone(&client);
         let ex = ex.events.clone();
