@@ -150,6 +150,47 @@ pub unsafe fn replay_at_start(k: &mut KState, window: *mut u64) {
     k.replayed = [1, copies];
 }
 
+/// Replay assembly: r8, a table entry (or CR3), becomes the virtual address
+/// of the table it points to, which must lie in scratch (else `89f`).
+macro_rules! table_of_entry {
+    () => {
+        concat!(
+            "mov r9, {addr_mask}\n",
+            "and r8, r9\n",
+            "cmp r8, [r15 + {k_gpa}]\n",
+            "jb 89f\n",
+            "add r8, [r15 + {k_delta}]\n",
+        )
+    };
+}
+
+/// Replay assembly: r8, the table of one level, becomes `rax`'s entry
+/// there, which must be present and no large page (else `89f`), with the
+/// user bit set.
+macro_rules! walk_level {
+    ($shift:literal) => {
+        concat!(
+            "mov r9, rax\n",
+            "shr r9, ",
+            $shift,
+            "\n",
+            "and r9d, 0x1ff\n",
+            "lea r8, [r8 + r9 * 8]\n",
+            "mov r9, [r8]\n",
+            "test r9b, 1\n",
+            "jz 89f\n",
+            "test r9b, 0x80\n",
+            "jnz 89f\n",
+            "test r9b, 4\n",
+            "jnz 1f\n",
+            "or r9, 4\n",
+            "mov [r8], r9\n",
+            "1:\n",
+            "mov r8, r9\n",
+        )
+    };
+}
+
 global_asm!(
     // hljs_ws_replay(list: rdi, n: rsi, window: rdx) -> rax = copies set up.
     // rbx = entry, rax = the current page, rbp = its run's last page, rsi =
@@ -360,58 +401,18 @@ global_asm!(
     "jmp 82f",
     "81:",
     "mov r8, cr3",
-    ".irp shift, 39,30",
-    "mov r9, {addr_mask}",
-    "and r8, r9",
-    "cmp r8, [r15 + {k_gpa}]",
-    "jb 89f",
-    "add r8, [r15 + {k_delta}]",
-    "mov r9, rax",
-    "shr r9, \\shift",
-    "and r9d, 0x1ff",
-    "lea r8, [r8 + r9 * 8]",
-    "mov r9, [r8]",
-    "test r9b, 1",
-    "jz 89f",
-    "test r9b, 0x80",
-    "jnz 89f",
-    "test r9b, 4",
-    "jnz 1f",
-    "or r9, 4",
-    "mov [r8], r9",
-    "1:",
-    "mov r8, r9",
-    ".endr",
-    "mov r9, {addr_mask}",
-    "and r8, r9",
-    "cmp r8, [r15 + {k_gpa}]",
-    "jb 89f",
-    "add r8, [r15 + {k_delta}]",
+    table_of_entry!(),
+    walk_level!(39),
+    table_of_entry!(),
+    walk_level!(30),
+    table_of_entry!(),
     "mov [rsp + 16], r8",
     "mov r9, rax",
     "shr r9, 30",
     "mov [rsp + 8], r9",
     "82:",
-    "mov r9, rax",
-    "shr r9, 21",
-    "and r9d, 0x1ff",
-    "lea r8, [r8 + r9 * 8]",
-    "mov r9, [r8]",
-    "test r9b, 1",
-    "jz 89f",
-    "test r9b, 0x80",
-    "jnz 89f",
-    "test r9b, 4",
-    "jnz 1f",
-    "or r9, 4",
-    "mov [r8], r9",
-    "1:",
-    "mov r8, r9",
-    "mov r9, {addr_mask}",
-    "and r8, r9",
-    "cmp r8, [r15 + {k_gpa}]",
-    "jb 89f",
-    "add r8, [r15 + {k_delta}]",
+    walk_level!(21),
+    table_of_entry!(),
     "mov r14, r8",
     "mov r13, rax",
     "shr r13, 21",
