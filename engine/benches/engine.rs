@@ -492,6 +492,30 @@ fn emulated_instructions(n: usize) {
         .iter()
         .map(|(_, t)| symbols.per_function(t, offset, n))
         .collect();
+    // BENCH_RIPS=<function>[,<function>...]: those functions' instructions
+    // one by one (ELF address, count per call, bytes), per column, to find
+    // their hot paths.
+    let rips_of = std::env::var("BENCH_RIPS").unwrap_or_default();
+    for func in rips_of.split(',').filter(|f| !f.is_empty()) {
+        for (name, t) in &columns {
+            println!();
+            println!("{func} in {name}, per call:");
+            let mut rips: Vec<_> = t
+                .by_rip
+                .iter()
+                .filter(|(rip, _)| symbols.name(rip.wrapping_sub(offset)) == func)
+                .collect();
+            rips.sort_by_key(|(rip, _)| **rip);
+            for (rip, r) in rips {
+                println!(
+                    "  {:#x} {:>7.1} {:02x?}",
+                    rip.wrapping_sub(offset),
+                    r.count as f64 / n as f64,
+                    r.bytes
+                );
+            }
+        }
+    }
     println!();
     println!(
         "Where the calls after a restore spend them: instructions per call (means of {n}), top guest functions (guest rip = ELF vaddr + {offset:#x}):"

@@ -234,13 +234,13 @@ impl LoadedJSSandbox {
         };
         let first_after_restore = restored.is_some();
         let working_set = restored.filter(|_| self.replay);
-        let (pages, record) = match working_set.as_deref().map(|ws| ws.get(key)) {
-            Some(Some(pages)) => (pages.to_vec(), false),
-            Some(None) => (Vec::new(), self.restored_again),
+        let (pages, learn) = match working_set.as_deref().map(|ws| ws.get(key)) {
+            Some(Some((pages, refine))) => (pages.to_vec(), refine.then_some(Learn::Refine)),
+            Some(None) => (Vec::new(), self.restored_again.then_some(Learn::Record)),
             // Replay off after a restore: an empty list, which the guest
             // neither replays nor records from (the benchmark's baseline).
-            None if first_after_restore => (crate::snapshot::empty_list(), false),
-            None => (Vec::new(), false),
+            None if first_after_restore => (crate::snapshot::empty_list(), None),
+            None => (Vec::new(), None),
         };
         let cpu_clock = ThreadCpuClock::current().map_err(|e| {
             Error::Internal(format!("cannot read the vCPU thread's CPU clock: {e}"))
@@ -293,8 +293,8 @@ impl LoadedJSSandbox {
                     self.faulted |= fatal;
                     e
                 });
-                if let (Some(ws), true, false) = (&working_set, record, self.faulted) {
-                    self.learn_working_set(ws, key);
+                if let (Some(ws), Some(learn), false) = (&working_set, learn, self.faulted) {
+                    self.learn_working_set(ws, key, learn);
                 }
                 let json = reply?;
                 let limit = self.shared.config.output_buffer_size as usize;
@@ -357,15 +357,25 @@ impl LoadedJSSandbox {
         Ok(())
     }
 
-    /// Asks the guest for the working set the call just made recorded, and
+    /// Asks the guest for the working set the call just made recorded (all
+    /// of it, or the faults a replaying call still took), and
     /// keeps it for later restores of the same snapshot. Best effort: without
     /// it, calls only start slower.
-    fn learn_working_set(&mut self, ws: &WorkingSet, key: &str) {
+    fn learn_working_set(&mut self, ws: &WorkingSet, key: &str, learn: Learn) {
         match self.sandbox.call::<String>(guest_fn::WORKING_SET, ()) {
             Ok(text) => {
                 let entries = crate::snapshot::parse_entries(&text);
-                tracing::debug!(pages = entries.len(), "learned the snapshot's working set");
-                ws.learn(key, &entries);
+                tracing::debug!(
+                    entries = entries.len(),
+                    ?learn,
+                    "learned working set entries"
+                );
+                match learn {
+                    Learn::Record => {
+                        ws.learn(key, &entries);
+                    }
+                    Learn::Refine => ws.refine(key, &entries),
+                }
             }
             Err(e) => tracing::debug!(error = %e, "no working set learned"),
         }
@@ -537,4 +547,13 @@ pub struct KernelEntries {
     /// Microseconds the guest kernel's handler spent on them (exception
     /// delivery and the trap path's register save not included).
     pub handler_micros: f64,
+}
+
+/// What the guest recorded of a call's working set, for the engine to learn.
+#[derive(Clone, Copy, Debug)]
+enum Learn {
+    /// The whole of it: the first call of a key after a restore, no list.
+    Record,
+    /// The faults a call that replayed the list still took.
+    Refine,
 }

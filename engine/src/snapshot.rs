@@ -25,33 +25,103 @@ pub struct Snapshot {
 /// The pages a call after a restore of one snapshot needed opened or copied
 /// (guest user mode), per handler key, as the guest reports them: recorded
 /// in the first such call of a key, then passed with the first call of that
-/// key after every later restore, so that the guest kernel serves them in
-/// one entry instead of one fault each. The guest checks every entry as the
-/// fault it stands for: the list only ever changes how fast a call starts,
-/// never what it sees (every page still holds the snapshot's content).
+/// key after every later restore, so that the guest serves them all at the
+/// call's start instead of one fault each. A call that replays a list
+/// records the faults it still takes (pages the recording call did not
+/// fault on, for instance because KVM's shadow tables still held them from
+/// before the restore), which are added to the list, a few times at most.
+/// The guest checks every entry as the fault it stands for: the list only
+/// ever changes how fast a call starts, never what it sees (every page
+/// still holds the snapshot's content).
 #[derive(Debug, Default)]
-pub(crate) struct WorkingSet(Mutex<HashMap<String, Arc<[u8]>>>);
+pub(crate) struct WorkingSet(Mutex<HashMap<String, Learned>>);
+
+#[derive(Debug)]
+struct Learned {
+    entries: Vec<u64>,
+    wire: Arc<[u8]>,
+    /// How many more times a replaying call's faults are added.
+    refinements: u8,
+}
+
+/// Calls whose remaining faults are added to a learned list, at most.
+const REFINEMENTS: u8 = 3;
 
 impl WorkingSet {
-    /// The list to replay for `key` as the call carries it, or `None` while
+    /// The list to replay for `key` as the call carries it, and whether the
+    /// call's remaining faults are wanted ([`Self::refine`]); `None` while
     /// none is learned.
-    pub(crate) fn get(&self, key: &str) -> Option<Arc<[u8]>> {
-        self.0.lock().ok()?.get(key).cloned()
+    pub(crate) fn get(&self, key: &str) -> Option<(Arc<[u8]>, bool)> {
+        let sets = self.0.lock().ok()?;
+        let l = sets.get(key)?;
+        Some((l.wire.clone(), l.refinements > 0))
     }
 
     /// Keeps the first list learned for `key` (the guest's entries, as
     /// [`guest_fn::WORKING_SET`](hyperlight_js_abi::guest_fn::WORKING_SET)
     /// reports them); later ones are dropped.
     pub(crate) fn learn(&self, key: &str, entries: &[u64]) -> bool {
+        self.insert(key, entries, REFINEMENTS)
+    }
+
+    fn insert(&self, key: &str, entries: &[u64], refinements: u8) -> bool {
         let Ok(mut sets) = self.0.lock() else {
             return false;
         };
         if sets.contains_key(key) {
             return false;
         }
-        sets.insert(key.to_owned(), wire(entries).into());
+        let learned = Learned {
+            entries: entries.to_vec(),
+            wire: wire(entries).into(),
+            refinements,
+        };
+        sets.insert(key.to_owned(), learned);
         true
     }
+
+    /// Adds the faults a call that replayed `key`'s list still took; none
+    /// means the list is complete.
+    pub(crate) fn refine(&self, key: &str, faults: &[u64]) {
+        let Ok(mut sets) = self.0.lock() else {
+            return;
+        };
+        let Some(l) = sets.get_mut(key) else {
+            return;
+        };
+        if faults.is_empty() {
+            l.refinements = 0;
+            return;
+        }
+        l.refinements = l.refinements.saturating_sub(1);
+        l.entries = union(&l.entries, faults);
+        l.wire = wire(&l.entries).into();
+    }
+}
+
+/// Two lists as one: every page of either once, copied if either copied it,
+/// in runs (`hyperlight_js_guest_mm::working_set::merge_runs`). Entries the
+/// guest would skip (a run leaving its 2 MiB region) are dropped.
+fn union(a: &[u64], b: &[u64]) -> Vec<u64> {
+    use hyperlight_js_guest_mm::PAGE_SIZE;
+    use hyperlight_js_guest_mm::working_set::{COPIED, merge_runs, run};
+    let mut pages: Vec<u64> = a
+        .iter()
+        .chain(b)
+        .filter_map(|&e| Some((run(e)?, e & COPIED)))
+        .flat_map(|((first, n), copied)| (0..n).map(move |i| (first + i * PAGE_SIZE) | copied))
+        .collect();
+    pages.sort_unstable();
+    pages.dedup_by(|later, kept| {
+        let same = *later & !COPIED == *kept & !COPIED;
+        if same {
+            *kept |= *later & COPIED;
+        }
+        same
+    });
+    let n = merge_runs(&mut pages);
+    pages.truncate(n);
+    pages
 }
 
 /// A list as the guest kernel finds it at the end of the call's message:
@@ -90,7 +160,8 @@ impl Snapshot {
     /// every entry, so tests use this to replay lists no call would record.
     #[doc(hidden)]
     pub fn set_working_set(&self, key: &str, entries: &[u64]) -> bool {
-        self.working_set.learn(key, entries)
+        // As set: a test's list is not refined by the calls that replay it.
+        self.working_set.insert(key, entries, 0)
     }
 }
 
@@ -113,7 +184,36 @@ impl std::fmt::Debug for Snapshot {
 mod tests {
     use hyperlight_js_guest_mm::working_set::{MAX_PAGES, list_span};
 
-    use super::{empty_list, parse_entries, wire};
+    use super::{empty_list, parse_entries, union, wire};
+
+    #[test]
+    fn a_union_keeps_every_page_once_copied_if_either_copied_it_in_runs() {
+        use hyperlight_js_guest_mm::working_set::{COPIED, run};
+        let page = |i: u64| 0x40_0000 + i * 0x1000;
+        // Pages 0..4 read as one run, page 6 copied; then page 2 copied,
+        // pages 4 and 5 read, and a run leaving its 2 MiB region (dropped).
+        let a = [page(0) | 3 << 1, page(6) | COPIED];
+        let b = [page(2) | COPIED, page(4), page(5), 0x5f_f000 | 2 << 1];
+        let u = union(&a, &b);
+        let pages: Vec<(u64, u64, u64)> = u
+            .iter()
+            .map(|&e| {
+                let (first, n) = run(e).unwrap();
+                (first, n, e & COPIED)
+            })
+            .collect();
+        assert_eq!(
+            pages,
+            [
+                (page(0), 2, 0),
+                (page(2), 1, COPIED),
+                (page(3), 3, 0),
+                (page(6), 1, COPIED),
+            ]
+        );
+        // Nothing new: the same list.
+        assert_eq!(union(&u, &[]), u);
+    }
 
     /// A request message as Hyperlight lays it out in a receive buffer:
     /// the 12-byte header (kind, reserved, cid, payload length), then the

@@ -3,8 +3,8 @@
 //! entry instead of one fault each.
 //!
 //! Replaying an entry is serving the fault it stands for: [`replay`] makes
-//! the [`PageFault`] that user mode would raise. The kernel's replay loop
-//! (assembly, `guest/src/usermode/working_set.rs`) serves it only where the
+//! the [`PageFault`] that user mode would raise. The replay phase's loop
+//! (assembly, `guest/src/usermode/replay.rs`) serves it only where the
 //! fault fast path would, by the same rules, which give a subset of what
 //! [`crate::decide`] gives that fault (`Open` or `CopyOnWrite`), and skips
 //! anything else; for a read of a copy-on-write page in the heap, where the
@@ -25,7 +25,8 @@ pub const COPIED: u64 = 1;
 /// field + 1 consecutive pages from its page, all with its [`COPIED`] flag
 /// and all in the 2 MiB region of its first page ([`run`]), so that the
 /// replay decodes the entry and checks its region once for the whole run
-/// (each instruction of the kernel's replay is emulated). The kernel records
+/// (the replay once ran in the emulated kernel, where each instruction
+/// counted; it still saves work). The kernel records
 /// single pages (the field is 0); [`merge_runs`] makes the runs.
 pub const RUN: u64 = 0x1ff << 1;
 

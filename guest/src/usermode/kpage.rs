@@ -71,7 +71,8 @@ pub struct KState {
     /// Scratch physical and virtual base, to read page tables without
     /// going through hyperlight's metadata reads at every level.
     pub scratch: [u64; 2],
-    /// The copy window's leaf entry, and the snapshot generation it is valid for.
+    /// The copy window's leaf entry (0 until a copy needs it), and the
+    /// snapshot generation both it and the call-start work are done for.
     pub window: [u64; 2],
     /// The heap, where a read fault on a copy-on-write page copies it at once.
     pub heap: [u64; 2],
@@ -112,9 +113,9 @@ pub struct KState {
     pub stats: EntryStats,
     /// Entries of the previous call, per kind.
     pub last_stats: EntryStats,
-    /// The working set replayed at this call's start: whether a list came
-    /// (1) and how many copies the replay set up for user mode to make
-    /// first (`[0, 0]`: no list).
+    /// The working set at this call's start: what came with the call
+    /// (`working_set::LIST_*`, or `replay::REPLAYING` during the replay
+    /// phase) and whether the replay phase ran (1).
     pub replayed: [u64; 2],
     /// The #PF fast path's cache of leaf tables, direct-mapped by the 2 MiB
     /// region: `[region + 1, the leaf table's kernel address]`, `[0, _]`
@@ -148,7 +149,8 @@ pub(crate) static mut KPAGE: KState = KState {
     fault: None,
     arena: [0; 2],
     scratch: [0; 2],
-    window: [0; 2],
+    // No generation yet: the first call prepares as after a restore.
+    window: [0, u64::MAX],
     heap: [0; 2],
     scratch_delta: 0,
     alloc_gva: 0,

@@ -37,6 +37,7 @@ mod entry;
 mod faults;
 mod kpage;
 mod paging;
+mod replay;
 mod run;
 mod traps;
 mod working_set;
@@ -144,21 +145,10 @@ pub fn init(stack_size: u64) {
 /// with `SYS_EXIT`. A fault that no [`run`] catches aborts the call.
 pub fn serve_in_user(entry: extern "C" fn(u64) -> !) {
     paging::user_run_flag().store(true, Ordering::Relaxed);
-    // SAFETY: kernel mode, no user run in progress.
-    let [_, copies] = core::mem::take(&mut unsafe { kpage::kpage() }.replayed);
-    // User mode starts with the copies the call-start replay set up (none on
-    // a warm call), then runs `entry`.
-    // SAFETY: kernel mode; the start and `entry` are in the image, the user
-    // stack region is ours; the call page names `copies` pages.
-    let status = unsafe {
-        entry::hljs_enter_user(
-            working_set::hljs_user_start as *const () as u64,
-            USTACK_TOP - 8,
-            entry as *const () as u64,
-            paging::call_page_copies(),
-            copies,
-        )
-    };
+    // SAFETY: kernel mode; `entry` is in the image, the user stack region
+    // is ours.
+    let status =
+        unsafe { entry::hljs_enter_user(entry as *const () as u64, USTACK_TOP - 8, 0, 0, 0) };
     paging::user_run_flag().store(false, Ordering::Relaxed);
     if status != entry::STATUS_EXIT {
         // No formatting here: that would use the heap, whose allocator
@@ -211,10 +201,15 @@ pub fn call_begins(generation: u64) {
     // is recorded (`usermode::working_set`), from its first fault on.
     // The first page of the second call's receive buffer goes in too: a
     // call after the first reads it.
-    k.ws_on = restored && k.replayed[0] == 0;
-    if k.ws_on {
+    // A call that replayed one records the faults it still takes: pages the
+    // list missed (the engine adds them to it).
+    let list = k.replayed[0];
+    k.ws_on = restored && list != working_set::LIST_EMPTY;
+    if k.ws_on && list == working_set::LIST_NONE {
         k.ws[0] = hyperlight_js_guest_mm::page_of(k.first_msg[2]);
         k.ws_len = u64::from(k.first_msg[2] != 0);
+    } else if k.ws_on {
+        k.ws_len = 0;
     }
     if k.stats_on {
         k.last_stats = k.stats;

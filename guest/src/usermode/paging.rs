@@ -62,6 +62,11 @@ pub fn leaf_table(k: &KState, va: u64) -> Option<u64> {
     Some(table)
 }
 
+/// The root table's entry for `va`.
+pub fn root_entry(k: &KState, va: u64) -> Option<*mut u64> {
+    entry_in(k, cr3(), va, 0)
+}
+
 /// The leaf entry of `va` in the leaf table `table` (from [`leaf_table`]).
 pub fn leaf_in(k: &KState, table: u64, va: u64) -> Option<*mut u64> {
     entry_in(k, table, va, LEVELS - 1)
@@ -138,7 +143,7 @@ pub fn peek_leaf(va: u64) -> Option<*mut u64> {
 }
 
 /// A fresh physical page, and where the kernel sees it.
-fn fresh_page() -> Option<(u64, *mut u8)> {
+pub fn fresh_page() -> Option<(u64, *mut u8)> {
     // SAFETY: kernel mode; the allocator hands out unused scratch pages.
     let pa = unsafe { hyperlight_guest::prim_alloc::alloc_phys_pages(1) };
     hyperlight_guest_bin::paging::phys_to_virt(pa).map(|p| (pa, p))
@@ -303,10 +308,9 @@ pub fn window_leaf(k: &mut KState) -> Option<*mut u64> {
 /// before the kernel page is written: copies the two copy-on-write pages
 /// the kernel writes at every call (the kernel page and [`CALL_PAGE`],
 /// which user mode reads, so it is opened too) at once rather than by a
-/// kernel fault each; empties the #PF fast path's leaf-table cache (the
-/// tables have moved); finds the copy window's leaf (else the call's first
-/// copy would leave the fast path for it); replays the working set the call
-/// carries (`working_set::replay_at_start`). [`CALL_PAGE`] must be writable
+/// kernel fault each; empties the #PF fast path's leaf-table cache and
+/// forgets the copy window's leaf (the tables have moved); replays the
+/// working set the call carries (`working_set::replay_at_start`). [`CALL_PAGE`] must be writable
 /// before user mode runs: the fast path writes it on the exception stack,
 /// where a fault of its own would overwrite the frame it runs on.
 /// Whether it did (the first call after a restore).
@@ -317,15 +321,15 @@ pub fn prepare_copies(k: &mut KState) -> bool {
     // SAFETY: the address of the generation, set at init; the metadata page
     // is mapped for the guest's lifetime.
     let generation = unsafe { (k.generation_gva as *const u64).read_volatile() };
-    let restored = k.window[0] == 0 || k.window[1] != generation;
+    let restored = k.window[1] != generation;
     if restored {
-        prepare_copies_now(k);
+        prepare_copies_now(k, generation);
     }
     restored
 }
 
 #[cold]
-fn prepare_copies_now(k: &mut KState) {
+fn prepare_copies_now(k: &mut KState, generation: u64) {
     let kpage = super::kpage::kpage_addr();
     let va = (&raw const CALL_PAGE) as u64;
     // Both are statics of the image: one walk serves the two when they
@@ -350,12 +354,12 @@ fn prepare_copies_now(k: &mut KState) {
         unsafe { asm!("invlpg [{}]", in(reg) va, options(nostack)) };
     }
     k.leaf_tables = [[0; 2]; super::kpage::LEAF_TABLES];
-    match window_leaf(k) {
-        // SAFETY: kernel mode at the call's start, after a restore (a new
-        // generation), with the window's leaf for it.
-        Some(window) => unsafe { super::working_set::replay_at_start(k, window) },
-        None => k.replayed = [0; 2],
-    }
+    // The copy window's leaf is found at the first copy that needs it (a
+    // call whose working set is replayed has none).
+    k.window = [0, generation];
+    // SAFETY: kernel mode at the call's start, after a restore (a new
+    // generation), the kernel page copied; no user run in progress.
+    unsafe { super::working_set::replay_at_start(k) };
     // SAFETY: kernel mode, no user run in progress: nothing else uses the
     // descriptor; the write stores the value already there (and serves the
     // kernel fault here if the copy above could not be made).
@@ -428,14 +432,7 @@ pub struct CallPage {
     /// The snapshot generation, published by the kernel at every call
     /// (user mode cannot read the scratch metadata page it lives on).
     pub generation: AtomicU64,
-    /// The pages the call-start replay put in place for user mode to copy
-    /// first, in slot order (`hljs_user_start`): written by the kernel
-    /// before user mode runs, dead at the page's copy.
-    copies: [u64; super::working_set::SLOTS as usize],
 }
-
-/// Where [`CallPage`]'s copies are, for the replay loop.
-pub const CALL_PAGE_COPIES: usize = core::mem::offset_of!(CallPage, copies);
 
 /// The bytes of [`CALL_PAGE`] in use (its alignment pads it to a page): what
 /// its copy at call start carries over.
@@ -451,7 +448,6 @@ pub static mut CALL_PAGE: CallPage = CallPage {
     saved: [0; 3],
     in_user: AtomicBool::new(false),
     generation: AtomicU64::new(0),
-    copies: [0; super::working_set::SLOTS as usize],
 };
 
 /// The flag of a user run, on the call page.
@@ -461,11 +457,6 @@ pub fn user_run_flag() -> &'static AtomicBool {
     // SAFETY: a shared reference to an atomic field only; the page's other
     // fields are written through raw pointers, never through a reference.
     unsafe { &*flag }
-}
-
-/// Where the call page's copies are (user mode's first copies, see [`CallPage`]).
-pub fn call_page_copies() -> u64 {
-    (&raw const CALL_PAGE) as u64 + CALL_PAGE_COPIES as u64
 }
 
 /// The snapshot generation user mode reads, on the call page.
