@@ -44,8 +44,8 @@ global_asm!(
     "1:",
     ".endm",
 
-    // hljs_enter_user(entry: rdi, user_rsp: rsi, args: rdx, rcx, r8) -> status;
-    // user mode gets the args in rdi, rsi, rdx.
+    // hljs_enter_user(entry: rdi, user_rsp: rsi, args: rdx, rcx, r8, r9) -> status;
+    // user mode gets the args in rdi, rsi, rdx, rcx.
     ".global hljs_enter_user",
     "hljs_enter_user:",
     "push rbx", "push rbp", "push r12", "push r13", "push r14", "push r15",
@@ -59,8 +59,9 @@ global_asm!(
     "mov rdi, rdx",
     "mov rsi, rcx",
     "mov rdx, r8",
+    "mov rcx, r9",
     // No kernel value leaks into user registers.
-    "xor eax, eax", "xor ebx, ebx", "xor ecx, ecx", "xor ebp, ebp",
+    "xor eax, eax", "xor ebx, ebx", "xor ebp, ebp",
     "xor r8d, r8d", "xor r9d, r9d", "xor r10d, r10d", "xor r11d, r11d",
     "xor r12d, r12d", "xor r13d, r13d", "xor r14d, r14d", "xor r15d, r15d",
     "iretq",
@@ -434,8 +435,8 @@ global_asm!(
 
 unsafe extern "C" {
     /// Enters user mode at `entry` with `user_rsp` and `args` in `rdi`,
-    /// `rsi`, `rdx`; returns the `STATUS_*` with which user mode was left.
-    pub fn hljs_enter_user(entry: u64, user_rsp: u64, a0: u64, a1: u64, a2: u64) -> u64;
+    /// `rsi`, `rdx`, `rcx`; returns the `STATUS_*` with which user mode was left.
+    pub fn hljs_enter_user(entry: u64, user_rsp: u64, a0: u64, a1: u64, a2: u64, a3: u64) -> u64;
     pub fn hljs_vec_0();
     pub fn hljs_vec_1();
     pub fn hljs_vec_3();

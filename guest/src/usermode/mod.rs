@@ -148,7 +148,7 @@ pub fn serve_in_user(entry: extern "C" fn(u64) -> !) {
     // SAFETY: kernel mode; `entry` is in the image, the user stack region
     // is ours.
     let status =
-        unsafe { entry::hljs_enter_user(entry as *const () as u64, USTACK_TOP - 8, 0, 0, 0) };
+        unsafe { entry::hljs_enter_user(entry as *const () as u64, USTACK_TOP - 8, 0, 0, 0, 0) };
     paging::user_run_flag().store(false, Ordering::Relaxed);
     if status != entry::STATUS_EXIT {
         // No formatting here: that would use the heap, whose allocator

@@ -33,7 +33,7 @@ fn entry_in(k: &KState, table: u64, va: u64, level: u32) -> Option<*mut u64> {
     entry_at(k.scratch, table, va, level)
 }
 
-fn cr3() -> u64 {
+pub fn cr3() -> u64 {
     let cr3: u64;
     // SAFETY: reading CR3 in kernel mode.
     unsafe { asm!("mov {}, cr3", out(reg) cr3, options(nomem, nostack)) };
@@ -340,11 +340,8 @@ fn prepare_copies_now(k: &mut KState, generation: u64) {
     } else {
         leaf_table(k, va)
     };
-    copy_if_shared(
-        kpage_table.and_then(|t| leaf_in(k, t, kpage)),
-        kpage,
-        super::kpage::LIVE,
-    );
+    let kpage_leaf = kpage_table.and_then(|t| leaf_in(k, t, kpage));
+    copy_if_shared(kpage_leaf, kpage, super::kpage::LIVE);
     // User memory that user mode reads in every call too: opened with the
     // copy, as the fault for that read would open it.
     if let Some(leaf) = call_table.and_then(|t| leaf_in(k, t, va)) {
@@ -359,7 +356,7 @@ fn prepare_copies_now(k: &mut KState, generation: u64) {
     k.window = [0, generation];
     // SAFETY: kernel mode at the call's start, after a restore (a new
     // generation), the kernel page copied; no user run in progress.
-    unsafe { super::working_set::replay_at_start(k) };
+    unsafe { super::working_set::replay_at_start(k, kpage_table.zip(kpage_leaf)) };
     // SAFETY: kernel mode, no user run in progress: nothing else uses the
     // descriptor; the write stores the value already there (and serves the
     // kernel fault here if the copy above could not be made).

@@ -27,11 +27,11 @@
 
 use core::arch::{asm, global_asm};
 
+use hyperlight_js_guest_mm::PAGE_SIZE;
 use hyperlight_js_guest_mm::pte::{self, LARGE, PRESENT, RW, USER};
-use hyperlight_js_guest_mm::{PAGE_SIZE, page_of};
 
 use super::entry::{STATUS_EXIT, hljs_enter_user};
-use super::kpage::{KState, kpage_addr};
+use super::kpage::{K_ALLOC_GVA, K_ALLOC_LIMIT, K_ARENA, K_SCRATCH_DELTA, K_USTACK_LIMIT, KState};
 use super::paging;
 
 /// The page-map (PML4) slot of the windows: below the user stack's (480),
@@ -56,31 +56,6 @@ const RESERVE_PAGES: u64 = 64;
 /// instead of resuming user mode at a landing.
 pub const REPLAYING: u64 = 2;
 
-/// What the phase's code needs, at the start of its stack page (read and
-/// written through the scratch window). Offsets are the assembly's.
-#[repr(C)]
-struct Args {
-    /// The root table's physical address (user mode cannot read CR3).
-    root: u64,
-    /// Added to a scratch physical address, its address in the window.
-    to_window: u64,
-    /// The scratch region's first physical address: tables lie above it.
-    scratch_gpa: u64,
-    kpage: u64,
-    ustack_limit: u64,
-    arena: [u64; 2],
-    /// hyperlight's allocator pointer (its next free physical page), in
-    /// the window.
-    alloc: u64,
-    /// Where the phase's allocations stop.
-    alloc_end: u64,
-    /// What the phase wrote to the allocator pointer, to give back only if
-    /// nothing else allocated meanwhile (assembly's own).
-    reserved: u64,
-    /// Out: the pages copied.
-    copies: u64,
-}
-
 /// The windows' page directories, one per window, each 512 entries of 2 MiB
 /// pages over a fixed physical range: content that does not depend on where
 /// a snapshot puts anything, so it is built at compile time and read from
@@ -103,82 +78,90 @@ const fn directory(base: u64, rw: u64) -> [u64; 512] {
     d
 }
 
-/// Replays `n` entries at `list` (in the arena) in the phase; the number of
-/// pages copied, or `None` when the phase could not be set up (the call's
-/// faults then serve its pages).
+/// Where the phase sees the guest physical page `gpa`: in one of its
+/// windows, or nowhere.
+fn in_window(gpa: u64, scratch_gpa: u64) -> Option<u64> {
+    if gpa < GIB {
+        Some(SNAP_WINDOW + gpa)
+    } else if gpa >= scratch_gpa {
+        Some(gpa.wrapping_add(TO_WINDOW))
+    } else {
+        None
+    }
+}
+
+/// Added to a physical address in the scratch window's GiB: its window address.
+const TO_WINDOW: u64 = SCRATCH_WINDOW.wrapping_sub(SCRATCH_GIB);
+
+/// Replays the `n` entries at `list` (in the arena) in the phase; whether it
+/// ran to its end. `table` is the leaf table of the kernel page's 2 MiB
+/// region (where the phase's code and directories lie too, in this image),
+/// `kpage` the kernel page's leaf entry. `None`: the phase could not be set
+/// up, and the call's faults serve its pages.
 ///
 /// # Safety
-/// Kernel mode at a call's start, no user run in progress; the list lies
-/// in scratch memory.
-pub unsafe fn replay(k: &mut KState, list: u64, n: u64) -> Option<u64> {
+/// Kernel mode at a call's start, the kernel page already copied, no user
+/// run in progress; the list lies in scratch memory.
+pub unsafe fn replay(k: &mut KState, table: u64, kpage: *mut u64, list: u64, n: u64) -> Option<()> {
     let [scratch_gpa, scratch_gva] = k.scratch;
     if scratch_gpa < SCRATCH_GIB || list < scratch_gva {
         return None;
     }
-    let to_window = SCRATCH_WINDOW.wrapping_sub(SCRATCH_GIB);
-    let to_window_gva = |gva: u64| gva - scratch_gva + scratch_gpa + to_window;
+    let region = super::kpage::kpage_addr() >> 21;
+    let leaf = |va: u64| {
+        if va >> 21 == region {
+            paging::leaf_in(k, table, va)
+        } else {
+            paging::leaf_entry(k, va)
+        }
+    };
+    let read = |e: *mut u64| {
+        // SAFETY: every pointer read here is a live entry of the tables in
+        // scratch, from the walks above.
+        unsafe { e.read_volatile() }
+    };
     let slot = paging::root_entry(k, WINDOWS)?;
-    // SAFETY: a live entry of the root table.
-    if unsafe { slot.read_volatile() } != 0 {
+    if read(slot) != 0 {
         return None;
     }
-    // Where this snapshot put the two directories (one 2 MiB region: the
-    // pair is aligned to its size).
+    // Where this snapshot put the directories, and the kernel page the
+    // phase reads its bounds from.
     let dirs = (&raw const DIRECTORIES) as u64;
-    let table = paging::leaf_table(k, dirs)?;
-    let dir_pa = |va: u64| {
-        let leaf = paging::leaf_in(k, table, va)?;
-        // SAFETY: a live leaf entry.
-        let v = unsafe { leaf.read_volatile() };
-        (v & PRESENT != 0).then_some(v & pte::ADDR)
-    };
-    let (snap_dir, scratch_dir) = (dir_pa(dirs)?, dir_pa(dirs + PAGE_SIZE)?);
-    // Both fresh: pages above hyperlight's allocator pointer are zero
-    // (scratch is zeroed at every restore and the allocator only bumps).
-    let (pdpt_pa, pdpt) = paging::fresh_page()?;
-    let (stack_pa, stack) = paging::fresh_page()?;
-    let alloc_end = k.alloc_limit.saturating_sub(RESERVE_PAGES * PAGE_SIZE);
-    let args = stack.cast::<Args>();
-    // SAFETY: two whole unused scratch pages, seen by the kernel at `pdpt`
-    // and `stack`; the root entry is ours (checked empty above).
-    unsafe {
-        let pdpt = pdpt.cast::<u64>();
-        pdpt.write_volatile(snap_dir | PRESENT | RW | USER);
-        pdpt.add(1)
-            .write_volatile(scratch_dir | PRESENT | RW | USER);
-        args.write_volatile(Args {
-            root: cr3() & pte::ADDR,
-            to_window,
-            scratch_gpa,
-            kpage: kpage_addr(),
-            ustack_limit: k.ustack_limit,
-            arena: k.arena,
-            alloc: to_window_gva(k.alloc_gva),
-            alloc_end,
-            reserved: 0,
-            copies: 0,
-        });
+    let [snap_dir, scratch_dir] = [dirs, dirs + PAGE_SIZE].map(|va| leaf(va).map(read));
+    let (snap_dir, scratch_dir) = (snap_dir?, scratch_dir?);
+    if snap_dir & scratch_dir & PRESENT == 0 {
+        return None;
     }
-    // The phase's code, opened as a fault would open it.
+    let kstate = in_window(read(kpage) & pte::ADDR, scratch_gpa)?;
+    // The phase's code (one page), opened as a fault would open it.
     let code = hljs_user_replay as *const () as u64;
     let end = (&raw const hljs_user_replay_end) as u64;
-    let mut page = page_of(code);
-    while page < end {
-        paging::open_walk(k, page)?;
-        page += PAGE_SIZE;
+    if (end - 1) & !(PAGE_SIZE - 1) != code {
+        return None;
     }
-    let stack_win = stack_pa + to_window;
+    paging::open_leaf(leaf(code)?)?;
+    // The table of 1 GiB entries: a fresh page (above hyperlight's
+    // allocator pointer pages are zero: scratch is zeroed at every restore
+    // and the allocator only bumps).
+    let (pdpt_pa, pdpt) = paging::fresh_page()?;
     k.replayed = [REPLAYING, 0];
-    // SAFETY: the root entry is ours; kernel mode. The phase's code is in
-    // the image, its stack a page of its own, its arguments in the window.
+    // SAFETY: a whole unused scratch page at `pdpt`; the root entry is ours
+    // (checked empty above); kernel mode. The phase's code is in the image
+    // and uses no stack; its arguments are in the windows.
     let status = unsafe {
+        let pdpt = pdpt.cast::<u64>();
+        pdpt.write_volatile((snap_dir & pte::ADDR) | PRESENT | RW | USER);
+        pdpt.add(1)
+            .write_volatile((scratch_dir & pte::ADDR) | PRESENT | RW | USER);
         slot.write_volatile(pdpt_pa | PRESENT | RW | USER);
+        let list_window = list - scratch_gva + scratch_gpa + TO_WINDOW;
         let status = hljs_enter_user(
             code,
-            stack_win + PAGE_SIZE - 16,
-            to_window_gva(list),
-            n,
-            stack_win,
+            0,
+            list_window,
+            list_window + 8 * n,
+            kstate,
+            super::paging::cr3() & pte::ADDR,
         );
         slot.write_volatile(0);
         // The windows gone from the TLB, and the replayed entries seen by
@@ -197,34 +180,26 @@ pub unsafe fn replay(k: &mut KState, list: u64, n: u64) -> Option<u64> {
         status
     };
     k.replayed = [0; 2];
-    // SAFETY: the stack page, read by the kernel after the phase.
-    let copies = unsafe { (&raw const (*args).copies).read_volatile() };
-    (status == STATUS_EXIT).then_some(copies)
-}
-
-fn cr3() -> u64 {
-    let cr3: u64;
-    // SAFETY: reading CR3 in kernel mode.
-    unsafe { asm!("mov {}, cr3", out(reg) cr3, options(nomem, nostack)) };
-    cr3
+    (status == STATUS_EXIT).then_some(())
 }
 
 /// Phase assembly: r8, a table entry (or the root), becomes the window
-/// address of the table it points to, which must lie in scratch (else `89f`).
+/// address of the table it points to, which must lie in scratch (else `9f`).
 macro_rules! table_of_entry {
     () => {
         concat!(
             "mov r9, {addr_mask}\n",
             "and r8, r9\n",
-            "cmp r8, [r15 + {a_scratch_gpa}]\n",
-            "jb 89f\n",
-            "add r8, [r15 + {a_to_window}]\n",
+            "cmp r8, [r15 + {k_scratch_gpa}]\n",
+            "jb 9f\n",
+            "mov r9, {to_window}\n",
+            "add r8, r9\n",
         )
     };
 }
 
 /// Phase assembly: r8, the table of one level, becomes `rax`'s entry
-/// there, which must be present and no large page (else `89f`), with the
+/// there, which must be present and no large page (else `9f`), with the
 /// user bit set.
 macro_rules! walk_level {
     ($shift:literal) => {
@@ -237,9 +212,9 @@ macro_rules! walk_level {
             "lea r8, [r8 + r9 * 8]\n",
             "mov r9, [r8]\n",
             "test r9b, 1\n",
-            "jz 89f\n",
+            "jz 9f\n",
             "test r9b, 0x80\n",
-            "jnz 89f\n",
+            "jnz 9f\n",
             "test r9b, 4\n",
             "jnz 1f\n",
             "or r9, 4\n",
@@ -250,39 +225,70 @@ macro_rules! walk_level {
     };
 }
 
+/// Phase assembly: the walk of `rax`'s 2 MiB region, sets r13/r14 to the
+/// region and its leaf table (in the window), or to -1/0 if it has none;
+/// then goes on at `$next` (or back to the loop, `2b`, on failure).
+macro_rules! walk_region {
+    ($next:literal) => {
+        concat!(
+            "mov r8, rcx\n",
+            table_of_entry!(),
+            walk_level!(39),
+            table_of_entry!(),
+            walk_level!(30),
+            table_of_entry!(),
+            walk_level!(21),
+            table_of_entry!(),
+            "mov r14, r8\n",
+            "mov r13, rax\n",
+            "shr r13, 21\n",
+            "jmp ",
+            $next,
+            "\n",
+            "9:\n",
+            "mov r13, -1\n",
+            "xor r14d, r14d\n",
+            "jmp 2b\n",
+        )
+    };
+}
+
 global_asm!(
-    // hljs_user_replay(list: rdi, n: rsi, args: rdx), user mode, the stack
-    // at the top of the arguments' page. rbx = entry, rax = the current
-    // page, rbp = its run's last page or scratch, rsi = the run's bytes left,
-    // rcx = entries left, r8 = the current page's leaf entry (in the
-    // window), r9 = scratch, r10/r11 = end of and next page in the pages
-    // reserved for copies, r12 = copies made, r13/r14 = the 2 MiB region
-    // last walked and its leaf table (the list is sorted, so each is walked
-    // once), r15 = the arguments.
+    // hljs_user_replay(list: rdi, end: rsi, kstate: rdx, root: rcx), user
+    // mode, in the windows: the list's entries, the kernel page's state
+    // (read for its bounds) and the root table. No stack.
+    // rax = the current page, rbx = entry, then copies made (the result,
+    // read by the kernel from the saved registers), rcx = the root, rdx =
+    // the list's end, rsi = the run's bytes left, rbp = its last page or
+    // scratch, r8 = the current page's leaf entry, r9 = scratch, r10/r11 =
+    // end of and next page in the pages reserved for copies, r12 = copies
+    // made, r13/r14 = the 2 MiB region last walked and its leaf table (the
+    // list is sorted, so each is walked once), r15 = the kernel state.
     ".pushsection .text.hljs_user_replay, \"ax\", @progbits",
     ".balign 4096",
     ".global hljs_user_replay",
     "hljs_user_replay:",
     "mov r15, rdx",
-    "sub rsp, 16",
-    "mov qword ptr [rsp], -1",
+    "mov rdx, rsi",
     "xor r12d, r12d",
     "mov r13, -1",
     "xor r14d, r14d",
-    "mov rcx, rsi",
-    // Reserve the allocator's pages up to the end the kernel set (no fault
-    // can come in the loop, and one vCPU: a plain read-modify-write).
-    "mov r8, [r15 + {a_alloc}]",
+    // Reserve the allocator's pages up to RESERVE_PAGES below its limit (no
+    // fault can come in the loop, and one vCPU: a plain read-modify-write).
+    "mov r8, [r15 + {k_alloc_gva}]",
+    "sub r8, [r15 + {k_scratch_delta}]",
+    "mov r9, {to_window}",
+    "add r8, r9",
     "mov r11, [r8]",
-    "mov r10, [r15 + {a_alloc_end}]",
+    "mov r10, [r15 + {k_alloc_limit}]",
+    "sub r10, {reserve}",
     "cmp r10, r11",
     "cmovb r10, r11",
     "mov [r8], r10",
-    "mov [r15 + {a_reserved}], r10",
     // The loop: one entry each time round, a page or a run of pages.
     "2:",
-    "sub rcx, 1",
-    "jb 90f",
+    "cmp rdi, rdx",
+    "jae 90f",
     "mov rbx, [rdi]",
     "add rdi, 8",
     "mov rax, rbx",
@@ -300,7 +306,8 @@ global_asm!(
     "3:",
     "test rax, rax",
     "js 39f",
-    "cmp rax, [r15 + {a_kpage}]",
+    "lea r9, [rip + {kpage}]",
+    "cmp rax, r9",
     "je 2b",
     // The first page's leaf; reads or writes.
     "5:",
@@ -336,29 +343,32 @@ global_asm!(
     "jne 65f",
     "cmp r11, r10",
     "jae 90f",
+    // rbp = where the old page shows, or leave it to the fault.
     "mov rbp, {addr_mask}",
     "and rbp, r9",
     "cmp rbp, {gib}",
     "jb 66f",
-    "cmp rbp, [r15 + {a_scratch_gpa}]",
+    "cmp rbp, [r15 + {k_scratch_gpa}]",
     "jb 63f",
-    "add rbp, [r15 + {a_to_window}]",
+    "mov r9, {to_window}",
+    "add rbp, r9",
     "jmp 67f",
     "66:",
-    "mov rdx, {snap_window}",
-    "add rbp, rdx",
+    "mov r9, {snap_window}",
+    "add rbp, r9",
+    // The copy (rdi, rsi, rcx kept in rbx, rbp, r9 meanwhile).
     "67:",
-    "push rsi",
-    "push rdi",
-    "push rcx",
-    "mov rsi, rbp",
-    "mov rdi, r11",
-    "add rdi, [r15 + {a_to_window}]",
+    "mov rbx, rdi",
+    "xchg rsi, rbp",
+    "mov r9, rcx",
+    "mov rdi, {to_window}",
+    "add rdi, r11",
     "mov ecx, {words}",
     "rep movsq",
-    "pop rcx",
-    "pop rdi",
-    "pop rsi",
+    "mov rcx, r9",
+    "mov rsi, rbp",
+    "mov rdi, rbx",
+    "mov r9, [r8]",
     "mov rbp, {keep_mask}",
     "and r9, rbp",
     "or r9, r11",
@@ -394,7 +404,7 @@ global_asm!(
     "add esi, {page}",
     "test rax, rax",
     "js 40f",
-    "mov r9, [r15 + {a_kpage}]",
+    "lea r9, [rip + {kpage}]",
     "sub r9, rax",
     "cmp r9, rsi",
     "jb 2b",
@@ -403,108 +413,69 @@ global_asm!(
     "shr r9, 21",
     "cmp r9, r13",
     "je 5b",
-    "call 80f",
-    "test r14, r14",
-    "jz 2b",
-    "jmp 5b",
+    walk_region!("5b"),
     // One page of a region not walked yet: an upper-half page must be the
     // stack's or the arena's before its tables are touched.
     "20:",
     "test rax, rax",
     "jns 21f",
-    "cmp rax, [r15 + {a_ustack_limit}]",
+    "cmp rax, [r15 + {k_ustack_limit}]",
     "jb 22f",
     "mov r9, {ustack_top}",
     "cmp rax, r9",
     "jb 21f",
     "22:",
-    "cmp rax, [r15 + {a_arena}]",
+    "cmp rax, [r15 + {k_arena}]",
     "jb 2b",
-    "cmp rax, [r15 + {a_arena} + 8]",
+    "cmp rax, [r15 + {k_arena} + 8]",
     "jae 2b",
     "21:",
-    "call 80f",
-    "test r14, r14",
-    "jz 2b",
-    "jmp 3b",
+    walk_region!("3b"),
     // Upper-half pages of the region walked last, from `rax` to `rbp`:
     // within the user stack or within the arena.
     "39:",
     "mov rbp, rax",
     "40:",
-    "cmp rax, [r15 + {a_ustack_limit}]",
+    "cmp rax, [r15 + {k_ustack_limit}]",
     "jb 41f",
     "mov r9, {ustack_top}",
     "cmp rbp, r9",
     "jb 42f",
     "41:",
-    "cmp rax, [r15 + {a_arena}]",
+    "cmp rax, [r15 + {k_arena}]",
     "jb 2b",
-    "cmp rbp, [r15 + {a_arena} + 8]",
+    "cmp rbp, [r15 + {k_arena} + 8]",
     "jae 2b",
     "42:",
     "test ebx, {run}",
     "jz 5b",
     "jmp 71b",
-    // The walk of `rax`'s region: the three upper levels, tables in
-    // scratch, present, no large page, the user bit set on the way; r13/r14
-    // set to the region and its leaf table, or to -1/0 if it has none. The
-    // upper two levels are walked once per 1 GiB: the frame keeps the last
-    // one walked and its level-2 table ([rsp + 8], [rsp + 16] here).
-    "80:",
-    "mov r9, rax",
-    "shr r9, 30",
-    "cmp r9, [rsp + 8]",
-    "jne 81f",
-    "mov r8, [rsp + 16]",
-    "jmp 82f",
-    "81:",
-    "mov r8, [r15 + {a_root}]",
-    table_of_entry!(),
-    walk_level!(39),
-    table_of_entry!(),
-    walk_level!(30),
-    table_of_entry!(),
-    "mov [rsp + 16], r8",
-    "mov r9, rax",
-    "shr r9, 30",
-    "mov [rsp + 8], r9",
-    "82:",
-    walk_level!(21),
-    table_of_entry!(),
-    "mov r14, r8",
-    "mov r13, rax",
-    "shr r13, 21",
-    "ret",
-    "89:",
-    "mov r13, -1",
-    "xor r14d, r14d",
-    "ret",
     // Done: the reserved pages not used go back to the allocator, unless
     // something else allocated since (then they stay taken, unused).
     "90:",
-    "mov r8, [r15 + {a_alloc}]",
-    "mov r9, [r15 + {a_reserved}]",
-    "cmp [r8], r9",
+    "mov r8, [r15 + {k_alloc_gva}]",
+    "sub r8, [r15 + {k_scratch_delta}]",
+    "mov r9, {to_window}",
+    "add r8, r9",
+    "cmp [r8], r10",
     "jne 91f",
     "mov [r8], r11",
     "91:",
-    "mov [r15 + {a_copies}], r12",
+    "mov rbx, r12",
     "xor eax, eax",
     "ud2",
     ".global hljs_user_replay_end",
     "hljs_user_replay_end:",
     ".popsection",
-    a_root = const core::mem::offset_of!(Args, root),
-    a_to_window = const core::mem::offset_of!(Args, to_window),
-    a_scratch_gpa = const core::mem::offset_of!(Args, scratch_gpa),
-    a_kpage = const core::mem::offset_of!(Args, kpage),
-    a_ustack_limit = const core::mem::offset_of!(Args, ustack_limit),
-    a_arena = const core::mem::offset_of!(Args, arena),
-    a_alloc = const core::mem::offset_of!(Args, alloc),
-    a_alloc_end = const core::mem::offset_of!(Args, alloc_end),
-    a_reserved = const core::mem::offset_of!(Args, reserved),
-    a_copies = const core::mem::offset_of!(Args, copies),
+    k_scratch_gpa = const super::kpage::K_SCRATCH_GPA,
+    k_scratch_delta = const K_SCRATCH_DELTA,
+    k_alloc_gva = const K_ALLOC_GVA,
+    k_alloc_limit = const K_ALLOC_LIMIT,
+    k_ustack_limit = const K_USTACK_LIMIT,
+    k_arena = const K_ARENA,
+    kpage = sym super::kpage::KPAGE,
+    to_window = const TO_WINDOW,
+    reserve = const RESERVE_PAGES * PAGE_SIZE,
     ustack_top = const super::USER_STACK_TOP,
     addr_mask = const pte::ADDR,
     keep_mask = const !(pte::ADDR | pte::COW),
@@ -523,8 +494,8 @@ const _: () = assert!(
 );
 
 unsafe extern "C" {
-    /// The phase's code (see the assembly above).
+    /// The phase's code (see the assembly above), one page.
     fn hljs_user_replay();
-    /// The end of the phase's code, for the kernel to open its pages.
+    /// The end of the phase's code.
     static hljs_user_replay_end: u8;
 }

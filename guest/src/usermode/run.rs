@@ -87,7 +87,7 @@ pub fn run<R>(f: impl FnOnce() -> R) -> Result<R, Fault> {
     // SAFETY: kernel mode; the trampoline and `job` live in user-accessible
     // memory (image and heap), the user stack region is ours.
     let status =
-        unsafe { hljs_enter_user(entry, USTACK_TOP - 8, &mut *job as *mut _ as u64, 0, 0) };
+        unsafe { hljs_enter_user(entry, USTACK_TOP - 8, &mut *job as *mut _ as u64, 0, 0, 0) };
     paging::user_run_flag().store(false, Ordering::Relaxed);
     // SAFETY: kernel mode, after the run.
     let fault = unsafe { kpage() }

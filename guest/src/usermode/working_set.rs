@@ -100,10 +100,13 @@ pub fn note_source(k: &mut KState) -> u64 {
 /// Nothing in user mode has run since the restore, and every entry is
 /// checked as the fault it stands for anyway; the kernel only reads it.
 ///
+/// `phase` is what the phase needs of the kernel page: its region's leaf
+/// table and its leaf entry (`None`: no phase, the faults serve the call).
+///
 /// # Safety
 /// Kernel mode at a call's start, after a restore, with the kernel page
 /// writable; no user run in progress.
-pub unsafe fn replay_at_start(k: &mut KState) {
+pub unsafe fn replay_at_start(k: &mut KState, phase: Option<(u64, *mut u64)>) {
     k.replayed = [LIST_NONE, 0];
     let [msg, cap, _] = k.first_msg;
     if msg == 0 {
@@ -131,7 +134,9 @@ pub unsafe fn replay_at_start(k: &mut KState) {
     }
     // SAFETY: `n` entries at `msg + offset` lie within the buffer
     // (`list_before`), in the arena; the caller's contract.
-    let ran = unsafe { super::replay::replay(k, msg + offset, n) };
+    let ran = phase.and_then(|(table, kpage)| unsafe {
+        super::replay::replay(k, table, kpage, msg + offset, n)
+    });
     k.replayed = [LIST_REPLAYED, u64::from(ran.is_some())];
 }
 
