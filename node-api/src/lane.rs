@@ -117,7 +117,7 @@ impl Lane {
 }
 
 /// How long a lane waits for its next job awake before it sleeps.
-const LANE_SPIN: std::time::Duration = std::time::Duration::from_micros(50);
+const LANE_SPIN: std::time::Duration = std::time::Duration::from_micros(200);
 
 /// The next job: polled for a short while first, because the JavaScript
 /// thread usually sends the next call right after the last one settles, and

@@ -25,6 +25,9 @@ use object::{Object, ObjectSegment, ObjectSymbol, SegmentFlags, SymbolKind, Symb
 #[derive(Default)]
 pub struct Trace {
     pub total: u64,
+    /// Events of KVM's shadow MMU, per [`COUNTED`] event: the guest never
+    /// sees them, but each is host work during the call.
+    pub mmu: [u64; COUNTED.len()],
     /// Per guest rip: how often, the instruction's bytes, and the
     /// microseconds its emulations took (see [`Rip`]).
     pub by_rip: HashMap<u64, Rip>,
@@ -44,8 +47,17 @@ pub struct Rip {
 }
 
 impl Trace {
+    /// The emulated instructions, then the [`COUNTED`] events.
+    pub fn counts(&self) -> [u64; 5] {
+        let [a, b, c, d] = self.mmu;
+        [self.total, a, b, c, d]
+    }
+
     pub fn merge(&mut self, other: Trace) {
         self.total += other.total;
+        for (a, b) in self.mmu.iter_mut().zip(other.mmu) {
+            *a += b;
+        }
         for (rip, r) in other.by_rip {
             let e = self.by_rip.entry(rip).or_insert_with(|| Rip {
                 bytes: r.bytes,
@@ -73,6 +85,15 @@ pub struct Tracer {
 }
 
 const EVENT: &str = "events/kvm/kvm_emulate_insn";
+/// Counted too, where the kernel has them: KVM's walks of the guest's
+/// tables (one per fault in its shadow tables: kvm-pvm has no EPT), and the
+/// shadow pages it zaps, syncs and lets go out of sync.
+pub const COUNTED: [&str; 4] = [
+    "events/kvmmmu/kvm_mmu_pagetable_walk",
+    "events/kvmmmu/kvm_mmu_prepare_zap_page",
+    "events/kvmmmu/kvm_mmu_sync_page",
+    "events/kvmmmu/kvm_mmu_unsync_page",
+];
 
 impl Tracer {
     /// Sets the instance up; the error says in one phrase why tracing cannot be used here.
@@ -107,8 +128,13 @@ impl Tracer {
         tracer.write("tracing_on", "0")?;
         // Per CPU; a call after a restore emulates ~15k instructions of ~48 bytes each.
         tracer.write("buffer_size_kb", "8192")?;
-        tracer.write(&format!("{EVENT}/filter"), &format!("common_pid == {tid}"))?;
-        tracer.write(&format!("{EVENT}/enable"), "1")?;
+        for event in std::iter::once(EVENT).chain(COUNTED) {
+            if event != EVENT && !tracer.dir.join(event).is_dir() {
+                continue;
+            }
+            tracer.write(&format!("{event}/filter"), &format!("common_pid == {tid}"))?;
+            tracer.write(&format!("{event}/enable"), "1")?;
+        }
         Ok(tracer)
     }
 
@@ -131,8 +157,10 @@ impl Tracer {
 
 impl Drop for Tracer {
     fn drop(&mut self) {
-        // The instance cannot be removed while its event is enabled.
-        let _ = self.write(&format!("{EVENT}/enable"), "0");
+        // The instance cannot be removed while its events are enabled.
+        for event in std::iter::once(EVENT).chain(COUNTED) {
+            let _ = self.write(&format!("{event}/enable"), "0");
+        }
         let _ = fs::remove_dir(&self.dir);
     }
 }
@@ -164,6 +192,15 @@ fn parse(text: &str) -> Result<Trace, String> {
                     "the trace buffer overflowed ({kept} of {written} events kept)"
                 ));
             }
+            continue;
+        }
+        if let Some(i) = COUNTED.iter().position(|e| {
+            let name = e.rsplit('/').next().unwrap_or(e);
+            line.split_once(": ").is_some_and(|(_, rest)| {
+                rest.starts_with(name) && rest[name.len()..].starts_with(':')
+            })
+        }) {
+            trace.mmu[i] += 1;
             continue;
         }
         let Some((head, event)) = line.split_once(": kvm_emulate_insn: ") else {

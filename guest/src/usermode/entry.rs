@@ -20,6 +20,7 @@ pub const SEL_UCODE: u64 = 0x30 | 3;
 pub const STATUS_RESUME: u64 = 0;
 /// Leave user mode: the job is done.
 pub const STATUS_EXIT: u64 = 1;
+const _: () = assert!(super::SYS_EXIT == 0, "#UD's fast exit tests rax for zero");
 /// Leave user mode: a fault no landing catches.
 pub const STATUS_FAULT: u64 = 2;
 
@@ -71,7 +72,7 @@ global_asm!(
     // also the emulated `out`); from kernel mode to `hljs_kernel_fault`.
     // hyperlight-guest-bin's handlers never run once user mode is on: they
     // consult hook tables that live in user-writable statics.
-    ".irp v, 0,1,3,4,5,6,7,9,16,19,20,28",
+    ".irp v, 0,1,3,4,5,7,9,16,19,20,28",
     ".global hljs_vec_\\v",
     "hljs_vec_\\v:",
     "test byte ptr [rsp + 8], 3",
@@ -84,6 +85,35 @@ global_asm!(
     "push \\v",
     "jmp hljs_trap_common",
     ".endr",
+    // #UD from user mode with rax = 0 is `SYS_EXIT`, which ends every call
+    // (and the working set's replay phase): left here at once, without the
+    // full register save and the trap handler (~100 emulated instructions),
+    // unless per-kind counting is on. The same as `traps::syscall` makes of
+    // it: back to `hljs_enter_user`'s caller with STATUS_EXIT.
+    ".global hljs_vec_6",
+    "hljs_vec_6:",
+    "test byte ptr [rsp + 8], 3",
+    "jnz 2f",
+    "push 0",
+    "push 6",
+    "jmp hljs_kernel_trap",
+    "2:",
+    "test rax, rax",
+    "jnz 3f",
+    "cmp byte ptr [rip + {kpage} + {k_stats_on}], 0",
+    "jne 3f",
+    "inc qword ptr [rip + {kpage} + {k_traps}]",
+    "mov rsp, [rip + {kpage} + {k_rsp}]",
+    "mov eax, {kdata}",
+    "mov ss, ax",
+    "cld",
+    "pop r15", "pop r14", "pop r13", "pop r12", "pop rbp", "pop rbx",
+    "mov eax, {status_exit}",
+    "ret",
+    "3:",
+    "push 0",
+    "push 6",
+    "jmp hljs_trap_common",
     ".irp v, 10,11,12,13,17,21,29,30",
     ".global hljs_vec_\\v",
     "hljs_vec_\\v:",
@@ -414,6 +444,8 @@ global_asm!(
     ustack_top = const super::USER_STACK_TOP,
     k_delta = const K_SCRATCH_DELTA,
     k_traps = const K_TRAPS,
+    k_stats_on = const super::kpage::K_STATS_ON,
+    status_exit = const STATUS_EXIT,
     k_opened = const K_OPENED,
     addr_mask = const hyperlight_js_guest_mm::pte::ADDR,
     keep_mask = const !(hyperlight_js_guest_mm::pte::ADDR | hyperlight_js_guest_mm::pte::COW),

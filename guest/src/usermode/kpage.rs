@@ -201,6 +201,7 @@ pub const K_FRAME: usize = offset_of!(KState, frame);
 pub const K_SCRATCH_GPA: usize = offset_of!(KState, scratch);
 pub const K_SCRATCH_DELTA: usize = offset_of!(KState, scratch_delta);
 pub const K_TRAPS: usize = offset_of!(KState, traps);
+pub const K_STATS_ON: usize = offset_of!(KState, stats_on);
 pub const K_OPENED: usize = offset_of!(KState, stats) + 16 * Entry::OpenFast as usize;
 pub const K_COPIED: usize = offset_of!(KState, stats) + 16 * Entry::CopyFast as usize;
 pub const K_USTACK_LIMIT: usize = offset_of!(KState, ustack_limit);
