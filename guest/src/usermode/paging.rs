@@ -149,6 +149,23 @@ pub fn fresh_page() -> Option<(u64, *mut u8)> {
     hyperlight_guest_bin::paging::phys_to_virt(pa).map(|p| (pa, p))
 }
 
+/// A fresh physical page from hyperlight's allocator, bumped in place as its
+/// own `alloc_phys_pages` does (one vCPU, and no fault can come between the
+/// read and the write: the kernel page and the allocator's are mapped), and
+/// where the kernel sees it; `None` when the allocator is spent. Kernel mode.
+pub fn bump_page(k: &KState) -> Option<(u64, *mut u8)> {
+    let next = k.alloc_gva as *mut u64;
+    // SAFETY: the allocator's pointer, in scratch metadata mapped for the
+    // guest's lifetime (noted at init).
+    let pa = unsafe { next.read_volatile() };
+    if pa.checked_add(PAGE_SIZE)? > k.alloc_limit {
+        return None;
+    }
+    // SAFETY: as above.
+    unsafe { next.write_volatile(pa + PAGE_SIZE) };
+    Some((pa, pa.wrapping_add(k.scratch_delta) as *mut u8))
+}
+
 /// Maps a fresh zeroed page at the page of `va`, which was not present.
 /// `false` (nothing mapped) when the page cannot be had.
 ///
@@ -342,21 +359,24 @@ fn prepare_copies_now(k: &mut KState, generation: u64) {
     };
     let kpage_leaf = kpage_table.and_then(|t| leaf_in(k, t, kpage));
     copy_if_shared(kpage_leaf, kpage, super::kpage::LIVE);
-    // User memory that user mode reads in every call too: opened with the
-    // copy, as the fault for that read would open it.
-    if let Some(leaf) = call_table.and_then(|t| leaf_in(k, t, va)) {
-        open_leaf(leaf);
-        copy_if_shared(Some(leaf), va, CALL_PAGE_LIVE);
-        // SAFETY: kernel mode; drops what the TLB holds for the page.
-        unsafe { asm!("invlpg [{}]", in(reg) va, options(nostack)) };
+    for t in &mut k.leaf_tables {
+        t[0] = 0;
     }
-    k.leaf_tables = [[0; 2]; super::kpage::LEAF_TABLES];
     // The copy window's leaf is found at the first copy that needs it (a
     // call whose working set is replayed has none).
     k.window = [0, generation];
     // SAFETY: kernel mode at the call's start, after a restore (a new
     // generation), the kernel page copied; no user run in progress.
-    unsafe { super::working_set::replay_at_start(k, kpage_table.zip(kpage_leaf)) };
+    let phase = unsafe { super::working_set::replay_at_start(k, kpage_table.zip(kpage_leaf)) };
+    // User memory that user mode reads in every call too: opened with the
+    // copy, as the fault for that read would open it (the replay phase did
+    // both, when it ran).
+    if !phase && let Some(leaf) = call_table.and_then(|t| leaf_in(k, t, va)) {
+        open_leaf(leaf);
+        copy_if_shared(Some(leaf), va, CALL_PAGE_LIVE);
+        // SAFETY: kernel mode; drops what the TLB holds for the page.
+        unsafe { asm!("invlpg [{}]", in(reg) va, options(nostack)) };
+    }
     // SAFETY: kernel mode, no user run in progress: nothing else uses the
     // descriptor; the write stores the value already there (and serves the
     // kernel fault here if the copy above could not be made).

@@ -14,8 +14,9 @@
 //!    any JavaScript of this call and with no handler code reachable;
 //! 3. that code serves each entry as the fault fast path would serve the
 //!    fault it stands for (same rules as `hyperlight_js_guest_mm::working_set`,
-//!    the list being untrusted), copying written pages itself, and leaves
-//!    with `SYS_EXIT`;
+//!    the list being untrusted), copying written pages itself, then copies
+//!    the call page (`paging::CALL_PAGE`, which the kernel writes at every
+//!    call), and leaves with `SYS_EXIT`;
 //! 4. the kernel unmaps the windows and flushes the TLB before the call runs.
 //!
 //! The windows never outlive the phase and only this code runs while they
@@ -143,7 +144,7 @@ pub unsafe fn replay(k: &mut KState, table: u64, kpage: *mut u64, list: u64, n: 
     // The table of 1 GiB entries: a fresh page (above hyperlight's
     // allocator pointer pages are zero: scratch is zeroed at every restore
     // and the allocator only bumps).
-    let (pdpt_pa, pdpt) = paging::fresh_page()?;
+    let (pdpt_pa, pdpt) = paging::bump_page(k)?;
     k.replayed = [REPLAYING, 0];
     // SAFETY: a whole unused scratch page at `pdpt`; the root entry is ours
     // (checked empty above); kernel mode. The phase's code is in the image
@@ -293,6 +294,7 @@ global_asm!(
     "add rdi, 8",
     "mov rax, rbx",
     "and rax, -4096",
+    "4:",
     "test ebx, {run}",
     "jnz 70f",
     // One page: a low-half page other than the kernel page, or a page of
@@ -450,9 +452,19 @@ global_asm!(
     "test ebx, {run}",
     "jz 5b",
     "jmp 71b",
+    // The list done, one more entry: the call page, which the kernel
+    // writes at every call and user mode reads (rdx = 0 marks it served).
+    "90:",
+    "test rdx, rdx",
+    "jz 92f",
+    "xor edx, edx",
+    "lea rbx, [rip + {call_page}]",
+    "mov rax, rbx",
+    "or rbx, {copied}",
+    "jmp 4b",
     // Done: the reserved pages not used go back to the allocator, unless
     // something else allocated since (then they stay taken, unused).
-    "90:",
+    "92:",
     "mov r8, [r15 + {k_alloc_gva}]",
     "sub r8, [r15 + {k_scratch_delta}]",
     "mov r9, {to_window}",
@@ -474,6 +486,7 @@ global_asm!(
     k_ustack_limit = const K_USTACK_LIMIT,
     k_arena = const K_ARENA,
     kpage = sym super::kpage::KPAGE,
+    call_page = sym super::paging::CALL_PAGE,
     to_window = const TO_WINDOW,
     reserve = const RESERVE_PAGES * PAGE_SIZE,
     ustack_top = const super::USER_STACK_TOP,

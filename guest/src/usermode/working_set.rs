@@ -92,7 +92,7 @@ pub fn note_source(k: &mut KState) -> u64 {
 /// and has the replay phase serve the faults its entries stand for, each a
 /// run of pages in one 2 MiB region (`hyperlight_js_guest_mm::working_set::run`).
 /// Notes in `k.replayed` what came ([`LIST_NONE`], [`LIST_EMPTY`],
-/// [`LIST_REPLAYED`]) and whether the phase ran.
+/// [`LIST_REPLAYED`]) and whether the phase ran, which it returns.
 ///
 /// The list is the call's last parameter, so hyperlight puts it at the end
 /// of the message, which the kernel reads in place in the receive buffer
@@ -106,11 +106,11 @@ pub fn note_source(k: &mut KState) -> u64 {
 /// # Safety
 /// Kernel mode at a call's start, after a restore, with the kernel page
 /// writable; no user run in progress.
-pub unsafe fn replay_at_start(k: &mut KState, phase: Option<(u64, *mut u64)>) {
+pub unsafe fn replay_at_start(k: &mut KState, phase: Option<(u64, *mut u64)>) -> bool {
     k.replayed = [LIST_NONE, 0];
     let [msg, cap, _] = k.first_msg;
     if msg == 0 {
-        return;
+        return false;
     }
     // SAFETY: `msg..msg + cap` is a receive buffer in the arena, mapped for
     // the guest's lifetime (checked when noted); reads within it.
@@ -121,16 +121,16 @@ pub unsafe fn replay_at_start(k: &mut KState, phase: Option<(u64, *mut u64)>) {
         )
     };
     let Some(end) = ws::message_end(kind, payload_len, cap) else {
-        return;
+        return false;
     };
     // SAFETY: `end - 8..end` is within the buffer (`message_end`).
     let trailer = unsafe { ((msg + end - 8) as *const u64).read_unaligned() };
     let Some((offset, n)) = ws::list_before(end, payload_len, trailer) else {
-        return;
+        return false;
     };
     if n == 0 {
         k.replayed = [LIST_EMPTY, 0];
-        return;
+        return false;
     }
     // SAFETY: `n` entries at `msg + offset` lie within the buffer
     // (`list_before`), in the arena; the caller's contract.
@@ -138,6 +138,7 @@ pub unsafe fn replay_at_start(k: &mut KState, phase: Option<(u64, *mut u64)>) {
         super::replay::replay(k, table, kpage, msg + offset, n)
     });
     k.replayed = [LIST_REPLAYED, u64::from(ran.is_some())];
+    ran.is_some()
 }
 
 // ---- user side ------------------------------------------------------------
