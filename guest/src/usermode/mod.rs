@@ -216,7 +216,7 @@ pub fn call_begins(generation: u64) {
         k.stats = [[0; 2]; ENTRY_KINDS];
         // The replay phase's exit was counted before the rotation above: it
         // belongs to this call.
-        if k.replayed[1] == 1 {
+        if restored && k.replayed[1] == 1 {
             let exit = Entry::Syscall as usize;
             k.last_stats[exit][0] = k.last_stats[exit][0].saturating_sub(1);
             k.stats[exit][0] += 1;
