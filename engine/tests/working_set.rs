@@ -1,8 +1,9 @@
 //! The working set of a call after a restore: recorded by the guest kernel
-//! in the first such call, replayed in one kernel entry at the start of the
-//! later ones. It may change only how fast a call starts: what the call
-//! sees is the snapshot, exactly, and a list that no call would record opens
-//! nothing that a fault would not.
+//! in the first such call, replayed at the start of the later ones by the
+//! guest's replay phase (and refined by the faults they still take). It may
+//! change only how fast a call starts: what the call sees is the snapshot,
+//! exactly; a list that no call would record opens nothing that a fault
+//! would not; and the phase's windows are gone when the call runs.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -81,7 +82,7 @@ fn entries(sb: &mut LoadedJSSandbox) -> (u64, u64) {
 }
 
 #[test]
-fn replaying_serves_the_faults_of_a_call_after_a_restore_in_one_entry() {
+fn replaying_serves_the_faults_of_a_call_after_a_restore_at_its_start() {
     let opts = CallOptions::default().gc(false);
     let mut sb = loaded();
     // The first query turns counting on; the snapshot keeps it on.
