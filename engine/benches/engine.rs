@@ -406,6 +406,7 @@ fn emulated_instructions(n: usize) {
     let traced = (|| -> Result<(), String> {
         for (key, event) in [("echo", EVENT), ("order", order.as_str())] {
             let mut warm = Vec::new();
+            let mut warm_trace = emulated::Trace::default();
             let mut cold: [(Vec<[u64; 5]>, emulated::Trace); 2] = Default::default();
             // The first call of a handler after a restore records its working set.
             for replay in [false, true] {
@@ -431,10 +432,11 @@ fn emulated_instructions(n: usize) {
                     // with the rest: warm means after the replayed one.
                     if replay {
                         warm.push(t.counts());
+                        warm_trace.merge(t);
                     }
                 }
             }
-            results.push((key, warm, cold));
+            results.push((key, warm, cold, warm_trace));
         }
         Ok(())
     })();
@@ -454,7 +456,7 @@ fn emulated_instructions(n: usize) {
         "| handler | warm call | call after a restore | after a restore, working set replayed |"
     );
     println!("|---|---|---|---|");
-    for (key, warm, cold) in &results {
+    for (key, warm, cold, _) in &results {
         let [(plain, _), (replayed, _)] = cold;
         println!(
             "| {key} | {} | {} | {} |",
@@ -472,7 +474,7 @@ fn emulated_instructions(n: usize) {
         "| handler | warm call | call after a restore | after a restore, working set replayed |"
     );
     println!("|---|---|---|---|");
-    for (key, warm, cold) in &results {
+    for (key, warm, cold, _) in &results {
         let [(plain, _), (replayed, _)] = cold;
         let cell = |v: &[[u64; 5]]| {
             (1..5)
@@ -498,7 +500,7 @@ fn emulated_instructions(n: usize) {
     };
     let columns: Vec<(String, &emulated::Trace)> = results
         .iter()
-        .flat_map(|(key, _, [(_, plain), (_, replayed)])| {
+        .flat_map(|(key, _, [(_, plain), (_, replayed)], _)| {
             [
                 (key.to_string(), plain),
                 (format!("{key}, replayed"), replayed),
@@ -521,14 +523,22 @@ fn emulated_instructions(n: usize) {
     // one by one (ELF address, count per call, bytes), per column, to find
     // their hot paths.
     let rips_of = std::env::var("BENCH_RIPS").unwrap_or_default();
+    // The warm calls too (BENCH_RIPS=all: every function, warm calls only).
+    let warm_columns: Vec<(String, &emulated::Trace)> = results
+        .iter()
+        .map(|(key, _, _, w)| (format!("{key}, warm"), w))
+        .collect();
     for func in rips_of.split(',').filter(|f| !f.is_empty()) {
-        for (name, t) in &columns {
+        for (name, t) in columns.iter().chain(&warm_columns) {
             println!();
             println!("{func} in {name}, per call:");
             let mut rips: Vec<_> = t
                 .by_rip
                 .iter()
-                .filter(|(rip, _)| symbols.name(rip.wrapping_sub(offset)) == func)
+                .filter(|(rip, _)| {
+                    func == "all" && name.ends_with("warm")
+                        || symbols.name(rip.wrapping_sub(offset)) == func
+                })
                 .collect();
             rips.sort_by_key(|(rip, _)| **rip);
             for (rip, r) in rips {

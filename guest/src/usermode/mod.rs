@@ -194,7 +194,17 @@ pub fn call_begins(generation: u64) {
     // SAFETY: kernel mode, single vCPU, no user run in progress.
     let k = unsafe { kpage::kpage() };
     // Before the first write to the kernel page.
-    let restored = k.enabled && paging::prepare_copies(k);
+    let prepared = if k.enabled {
+        paging::prepare_copies(k)
+    } else {
+        None
+    };
+    let restored = prepared.is_some();
+    if let Some(p) = prepared {
+        after_restore(p);
+    }
+    // SAFETY: as above (`after_restore`'s references are over).
+    let k = unsafe { kpage::kpage() };
     paging::published_generation().store(generation, Ordering::Relaxed);
     k.call_start = k.traps;
     // The working set of the first call after a restore that brought none
@@ -222,6 +232,24 @@ pub fn call_begins(generation: u64) {
             k.stats[exit][0] += 1;
         }
     }
+}
+
+/// The rest of a call's start after a restore: the working set's replay
+/// phase, then the call page. Out of line, so that a warm call's start
+/// stays short (every instruction is emulated), and with no reference to
+/// the kernel page held across the phase: its kernel entries take their own.
+#[cold]
+#[inline(never)]
+fn after_restore(p: paging::Restored) {
+    // SAFETY: kernel mode at the call's start, no user run in progress.
+    let k = unsafe { kpage::kpage() };
+    let phase = working_set::replay_at_start(k, p.kpage);
+    // SAFETY: as above; `k` is not used again.
+    let ran = phase.is_some_and(|phase| unsafe { phase.run() });
+    // SAFETY: kernel mode; the phase is over: the one reference again.
+    let k = unsafe { kpage::kpage() };
+    k.replayed[1] = u64::from(ran);
+    paging::ready_call_page(k, p.kpage, ran);
 }
 
 /// The snapshot generation of the current call, as the kernel published it.

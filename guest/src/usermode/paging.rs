@@ -62,11 +62,6 @@ pub fn leaf_table(k: &KState, va: u64) -> Option<u64> {
     Some(table)
 }
 
-/// The root table's entry for `va`.
-pub fn root_entry(k: &KState, va: u64) -> Option<*mut u64> {
-    entry_in(k, cr3(), va, 0)
-}
-
 /// The leaf entry of `va` in the leaf table `table` (from [`leaf_table`]).
 pub fn leaf_in(k: &KState, table: u64, va: u64) -> Option<*mut u64> {
     entry_in(k, table, va, LEVELS - 1)
@@ -326,37 +321,35 @@ pub fn window_leaf(k: &mut KState) -> Option<*mut u64> {
 /// the kernel writes at every call (the kernel page and [`CALL_PAGE`],
 /// which user mode reads, so it is opened too) at once rather than by a
 /// kernel fault each; empties the #PF fast path's leaf-table cache and
-/// forgets the copy window's leaf (the tables have moved); replays the
-/// working set the call carries (`working_set::replay_at_start`). [`CALL_PAGE`] must be writable
+/// forgets the copy window's leaf (the tables have moved). The caller then
+/// has the call's working set replayed and the call page readied
+/// ([`ready_call_page`]); `None` on a warm call. [`CALL_PAGE`] must be writable
 /// before user mode runs: the fast path writes it on the exception stack,
 /// where a fault of its own would overwrite the frame it runs on.
 /// Whether it did (the first call after a restore).
 #[inline(always)]
-pub fn prepare_copies(k: &mut KState) -> bool {
+pub fn prepare_copies(k: &mut KState) -> Option<Restored> {
     // All of it holds until the next restore or snapshot, which change the
     // generation: a warm call pays only this check.
     // SAFETY: the address of the generation, set at init; the metadata page
     // is mapped for the guest's lifetime.
     let generation = unsafe { (k.generation_gva as *const u64).read_volatile() };
-    let restored = k.window[1] != generation;
-    if restored {
-        prepare_copies_now(k, generation);
+    if k.window[1] == generation {
+        return None;
     }
-    restored
+    Some(prepare_copies_now(k, generation))
+}
+
+/// What [`prepare_copies`] found of the kernel page, for the replay phase:
+/// the entry that points at its region's leaf table, and its leaf entry.
+pub struct Restored {
+    pub kpage: Option<(u64, *mut u64)>,
 }
 
 #[cold]
-fn prepare_copies_now(k: &mut KState, generation: u64) {
+fn prepare_copies_now(k: &mut KState, generation: u64) -> Restored {
     let kpage = super::kpage::kpage_addr();
-    let va = (&raw const CALL_PAGE) as u64;
-    // Both are statics of the image: one walk serves the two when they
-    // share a 2 MiB region, as they do.
     let kpage_table = leaf_table(k, kpage);
-    let call_table = if kpage >> 21 == va >> 21 {
-        kpage_table
-    } else {
-        leaf_table(k, va)
-    };
     let kpage_leaf = kpage_table.and_then(|t| leaf_in(k, t, kpage));
     copy_if_shared(kpage_leaf, kpage, super::kpage::LIVE);
     for t in &mut k.leaf_tables {
@@ -365,17 +358,28 @@ fn prepare_copies_now(k: &mut KState, generation: u64) {
     // The copy window's leaf is found at the first copy that needs it (a
     // call whose working set is replayed has none).
     k.window = [0, generation];
-    // SAFETY: kernel mode at the call's start, after a restore (a new
-    // generation), the kernel page copied; no user run in progress.
-    let phase = unsafe { super::working_set::replay_at_start(k, kpage_table.zip(kpage_leaf)) };
-    // User memory that user mode reads in every call too: opened with the
-    // copy, as the fault for that read would open it (the replay phase did
-    // both, when it ran).
-    if !phase && let Some(leaf) = call_table.and_then(|t| leaf_in(k, t, va)) {
-        open_leaf(leaf);
-        copy_if_shared(Some(leaf), va, CALL_PAGE_LIVE);
-        // SAFETY: kernel mode; drops what the TLB holds for the page.
-        unsafe { asm!("invlpg [{}]", in(reg) va, options(nostack)) };
+    Restored {
+        kpage: kpage_table.zip(kpage_leaf),
+    }
+}
+
+/// Readies [`CALL_PAGE`] for the call after a restore, unless the replay
+/// phase did (`phase_ran`): user mode reads it in every call, so it is
+/// opened with its copy, as the fault for that read would open it.
+pub fn ready_call_page(k: &mut KState, kpage: Option<(u64, *mut u64)>, phase_ran: bool) {
+    let va = (&raw const CALL_PAGE) as u64;
+    if !phase_ran {
+        // A static of the image, in the kernel page's 2 MiB region as it is.
+        let table = match kpage {
+            Some((table, _)) if va >> 21 == super::kpage::kpage_addr() >> 21 => Some(table),
+            _ => leaf_table(k, va),
+        };
+        if let Some(leaf) = table.and_then(|t| leaf_in(k, t, va)) {
+            open_leaf(leaf);
+            copy_if_shared(Some(leaf), va, CALL_PAGE_LIVE);
+            // SAFETY: kernel mode; drops what the TLB holds for the page.
+            unsafe { asm!("invlpg [{}]", in(reg) va, options(nostack)) };
+        }
     }
     // SAFETY: kernel mode, no user run in progress: nothing else uses the
     // descriptor; the write stores the value already there (and serves the

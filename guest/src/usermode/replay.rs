@@ -79,109 +79,131 @@ const fn directory(base: u64, rw: u64) -> [u64; 512] {
     d
 }
 
-/// Where the phase sees the guest physical page `gpa`: in one of its
-/// windows, or nowhere.
-fn in_window(gpa: u64, scratch_gpa: u64) -> Option<u64> {
-    if gpa < GIB {
-        Some(SNAP_WINDOW + gpa)
-    } else if gpa >= scratch_gpa {
-        Some(gpa.wrapping_add(TO_WINDOW))
-    } else {
-        None
-    }
-}
-
 /// Added to a physical address in the scratch window's GiB: its window address.
 const TO_WINDOW: u64 = SCRATCH_WINDOW.wrapping_sub(SCRATCH_GIB);
 
-/// Replays the `n` entries at `list` (in the arena) in the phase; whether it
-/// ran to its end. `table` is the leaf table of the kernel page's 2 MiB
-/// region (where the phase's code and directories lie too, in this image),
-/// `kpage` the kernel page's leaf entry. `None`: the phase could not be set
-/// up, and the call's faults serve its pages.
-///
-/// # Safety
-/// Kernel mode at a call's start, the kernel page already copied, no user
-/// run in progress; the list lies in scratch memory.
-pub unsafe fn replay(k: &mut KState, table: u64, kpage: *mut u64, list: u64, n: u64) -> Option<()> {
-    let [scratch_gpa, scratch_gva] = k.scratch;
-    if scratch_gpa < SCRATCH_GIB || list < scratch_gva {
-        return None;
-    }
-    let region = super::kpage::kpage_addr() >> 21;
-    let leaf = |va: u64| {
-        if va >> 21 == region {
-            paging::leaf_in(k, table, va)
-        } else {
-            paging::leaf_entry(k, va)
+/// A replay phase set up, its windows' table written but not yet mapped.
+/// [`Phase::run`] runs it with no reference to the kernel page alive: the
+/// phase's kernel entries take their own.
+pub struct Phase {
+    /// The root table's entry for the windows, and what maps them.
+    slot: *mut u64,
+    pdpt: u64,
+    code: u64,
+    /// The phase's arguments: the list and its end, the kernel page's
+    /// state, the root table (see the assembly).
+    args: [u64; 4],
+}
+
+impl Phase {
+    /// Sets up the phase for the `n` entries at `list` (in the arena):
+    /// `table` is the entry that points at the leaf table of the kernel
+    /// page's 2 MiB region, where the phase's code and directories must lie
+    /// too (they do in this image: statics and text of a small binary;
+    /// `engine/tests/working_set.rs` fails if the phase stops running),
+    /// `kpage` the kernel page's leaf entry, already copied. `None`: no
+    /// phase, the call's faults serve its pages.
+    ///
+    /// Every instruction here is emulated: the walk is the table
+    /// arithmetic itself, once, rather than a walk per page.
+    #[inline(always)]
+    pub fn set_up(k: &mut KState, table: u64, kpage: *mut u64, list: u64, n: u64) -> Option<Self> {
+        let [scratch_gpa, scratch_gva] = k.scratch;
+        let dirs = (&raw const DIRECTORIES) as u64;
+        let code = hljs_user_replay as *const () as u64;
+        let region = super::kpage::kpage_addr() >> 21;
+        let leaves = pte::table_va(table, scratch_gpa, scratch_gva)?;
+        let root = pte::table_va(paging::cr3(), scratch_gpa, scratch_gva)?;
+        if scratch_gpa < SCRATCH_GIB
+            || list < scratch_gva
+            || dirs >> 21 != region
+            || code >> 21 != region
+        {
+            return None;
         }
-    };
-    let read = |e: *mut u64| {
-        // SAFETY: every pointer read here is a live entry of the tables in
-        // scratch, from the walks above.
-        unsafe { e.read_volatile() }
-    };
-    let slot = paging::root_entry(k, WINDOWS)?;
-    if read(slot) != 0 {
-        return None;
-    }
-    // Where this snapshot put the directories, and the kernel page the
-    // phase reads its bounds from.
-    let dirs = (&raw const DIRECTORIES) as u64;
-    let [snap_dir, scratch_dir] = [dirs, dirs + PAGE_SIZE].map(|va| leaf(va).map(read));
-    let (snap_dir, scratch_dir) = (snap_dir?, scratch_dir?);
-    if snap_dir & scratch_dir & PRESENT == 0 {
-        return None;
-    }
-    let kstate = in_window(read(kpage) & pte::ADDR, scratch_gpa)?;
-    // The phase's code (one page), opened as a fault would open it.
-    let code = hljs_user_replay as *const () as u64;
-    let end = (&raw const hljs_user_replay_end) as u64;
-    if (end - 1) & !(PAGE_SIZE - 1) != code {
-        return None;
-    }
-    paging::open_leaf(leaf(code)?)?;
-    // The table of 1 GiB entries: a fresh page (above hyperlight's
-    // allocator pointer pages are zero: scratch is zeroed at every restore
-    // and the allocator only bumps).
-    let (pdpt_pa, pdpt) = paging::bump_page(k)?;
-    k.replayed = [REPLAYING, 0];
-    // SAFETY: a whole unused scratch page at `pdpt`; the root entry is ours
-    // (checked empty above); kernel mode. The phase's code is in the image
-    // and uses no stack; its arguments are in the windows.
-    let status = unsafe {
-        let pdpt = pdpt.cast::<u64>();
-        pdpt.write_volatile((snap_dir & pte::ADDR) | PRESENT | RW | USER);
-        pdpt.add(1)
-            .write_volatile((scratch_dir & pte::ADDR) | PRESENT | RW | USER);
-        slot.write_volatile(pdpt_pa | PRESENT | RW | USER);
+        let leaf = |va: u64| (leaves + 8 * pte::index(va, 3) as u64) as *mut u64;
+        let slot = (root + 8 * pte::index(WINDOWS, 0) as u64) as *mut u64;
+        // SAFETY: entries of the live root and leaf tables, in scratch (the
+        // indexes are below 512); the kernel page's leaf entry (the caller's).
+        let (free, snap_dir, scratch_dir, code_leaf, kstate) = unsafe {
+            (
+                slot.read_volatile() == 0,
+                leaf(dirs).read_volatile(),
+                leaf(dirs + PAGE_SIZE).read_volatile(),
+                leaf(code).read_volatile(),
+                kpage.read_volatile() & pte::ADDR,
+            )
+        };
+        if !free || snap_dir & scratch_dir & code_leaf & PRESENT == 0 || kstate < scratch_gpa {
+            return None;
+        }
+        // The table of 1 GiB entries: a fresh page (above hyperlight's
+        // allocator pointer pages are zero: scratch is zeroed at every
+        // restore and the allocator only bumps).
+        let (pdpt_pa, pdpt) = paging::bump_page(k)?;
+        // SAFETY: the phase's code page opened as a fault would open it; a
+        // whole unused scratch page at `pdpt`.
+        unsafe {
+            if code_leaf & USER == 0 {
+                leaf(code).write_volatile(code_leaf | USER);
+            }
+            let pdpt = pdpt.cast::<u64>();
+            pdpt.write_volatile((snap_dir & pte::ADDR) | PRESENT | RW | USER);
+            pdpt.add(1)
+                .write_volatile((scratch_dir & pte::ADDR) | PRESENT | RW | USER);
+        }
         let list_window = list - scratch_gva + scratch_gpa + TO_WINDOW;
-        let status = hljs_enter_user(
+        Some(Self {
+            slot,
+            pdpt: pdpt_pa | PRESENT | RW | USER,
             code,
-            0,
-            list_window,
-            list_window + 8 * n,
-            kstate,
-            super::paging::cr3() & pte::ADDR,
-        );
-        slot.write_volatile(0);
-        // The windows gone from the TLB, and the replayed entries seen by
-        // every later access: toggling CR4.PGE flushes it, as at the call's
-        // entry. (Reloading CR3 instead makes KVM rebuild its shadow tables
-        // here, and every page the call touches fault again.)
-        asm!(
-            "mov {0}, cr4",
-            "xor {0}, 0x80",
-            "mov cr4, {0}",
-            "xor {0}, 0x80",
-            "mov cr4, {0}",
-            out(reg) _,
-            options(nostack)
-        );
-        status
-    };
-    k.replayed = [0; 2];
-    (status == STATUS_EXIT).then_some(())
+            args: [
+                list_window,
+                list_window + 8 * n,
+                kstate + TO_WINDOW,
+                paging::cr3() & pte::ADDR,
+            ],
+        })
+    }
+
+    /// Maps the windows, runs the phase, unmaps them and flushes the TLB;
+    /// whether the phase ran to its end.
+    ///
+    /// # Safety
+    /// Kernel mode at a call's start, no user run in progress, and no
+    /// reference to the kernel page alive (the phase's exit and any fault
+    /// in it take their own); the root entry is still the one set up.
+    #[inline(always)]
+    pub unsafe fn run(self) -> bool {
+        // SAFETY: the caller's contract: the kernel page is ours to write
+        // through its raw address; the root entry is ours (checked empty);
+        // the phase's code is in the image and uses no stack; its arguments
+        // are in the windows.
+        unsafe {
+            let replayed = &raw mut super::kpage::KPAGE.replayed;
+            replayed.write_volatile([REPLAYING, 0]);
+            self.slot.write_volatile(self.pdpt);
+            let [a0, a1, a2, a3] = self.args;
+            let status = hljs_enter_user(self.code, 0, a0, a1, a2, a3);
+            self.slot.write_volatile(0);
+            // The windows gone from the TLB, and the replayed entries seen
+            // by every later access: toggling CR4.PGE flushes it, as at the
+            // call's entry. (Reloading CR3 instead makes KVM rebuild its
+            // shadow tables here, and every page the call touches fault
+            // again.)
+            asm!(
+                "mov {0}, cr4",
+                "xor {0}, 0x80",
+                "mov cr4, {0}",
+                "xor {0}, 0x80",
+                "mov cr4, {0}",
+                out(reg) _,
+                options(nostack)
+            );
+            replayed.write_volatile([super::working_set::LIST_REPLAYED, 0]);
+            status == STATUS_EXIT
+        }
+    }
 }
 
 /// Phase assembly: r8, a table entry (or the root), becomes the window
@@ -476,8 +498,9 @@ global_asm!(
     "mov rbx, r12",
     "xor eax, eax",
     "ud2",
-    ".global hljs_user_replay_end",
-    "hljs_user_replay_end:",
+    // The kernel opens the phase's code as one page: padded to it with
+    // `int3`, which the assembler refuses to do if the code is longer.
+    ".org hljs_user_replay + 4096, 0xcc",
     ".popsection",
     k_scratch_gpa = const super::kpage::K_SCRATCH_GPA,
     k_scratch_delta = const K_SCRATCH_DELTA,
@@ -509,6 +532,4 @@ const _: () = assert!(
 unsafe extern "C" {
     /// The phase's code (see the assembly above), one page.
     fn hljs_user_replay();
-    /// The end of the phase's code.
-    static hljs_user_replay_end: u8;
 }

@@ -19,6 +19,7 @@ use hyperlight_js_guest_mm::working_set::{self as ws, COPIED, MAX_PAGES};
 
 use super::kpage::KState;
 use super::paging;
+use super::replay::Phase;
 use super::{SYS_WS_COPY, SYS_WS_SOURCE, in_user, syscall};
 
 /// The list, in user memory, on a page of its own: user mode writes it for a
@@ -87,30 +88,26 @@ pub fn note_source(k: &mut KState) -> u64 {
     0
 }
 
-/// Replays the working set that the call's message carries, at the start of
-/// the first call after a restore, before user mode runs: finds the list
-/// and has the replay phase serve the faults its entries stand for, each a
-/// run of pages in one 2 MiB region (`hyperlight_js_guest_mm::working_set::run`).
+/// Finds the working set that the call's message carries, at the start of
+/// the first call after a restore, before user mode runs, and sets up the
+/// replay phase that serves the faults its entries stand for, each a run of
+/// pages in one 2 MiB region (`hyperlight_js_guest_mm::working_set::run`).
 /// Notes in `k.replayed` what came ([`LIST_NONE`], [`LIST_EMPTY`],
-/// [`LIST_REPLAYED`]) and whether the phase ran, which it returns.
+/// [`LIST_REPLAYED`]); the phase, if one is to run.
 ///
 /// The list is the call's last parameter, so hyperlight puts it at the end
 /// of the message, which the kernel reads in place in the receive buffer
 /// noted at the snapshot's checkpoint (`hyperlight_js_guest_mm::working_set::list_span`).
 /// Nothing in user mode has run since the restore, and every entry is
 /// checked as the fault it stands for anyway; the kernel only reads it.
-///
-/// `phase` is what the phase needs of the kernel page: its region's leaf
+/// `kpage` is what the phase needs of the kernel page: its region's leaf
 /// table and its leaf entry (`None`: no phase, the faults serve the call).
-///
-/// # Safety
-/// Kernel mode at a call's start, after a restore, with the kernel page
-/// writable; no user run in progress.
-pub unsafe fn replay_at_start(k: &mut KState, phase: Option<(u64, *mut u64)>) -> bool {
+#[inline(always)]
+pub fn replay_at_start(k: &mut KState, kpage: Option<(u64, *mut u64)>) -> Option<Phase> {
     k.replayed = [LIST_NONE, 0];
     let [msg, cap, _] = k.first_msg;
     if msg == 0 {
-        return false;
+        return None;
     }
     // SAFETY: `msg..msg + cap` is a receive buffer in the arena, mapped for
     // the guest's lifetime (checked when noted); reads within it.
@@ -120,25 +117,19 @@ pub unsafe fn replay_at_start(k: &mut KState, phase: Option<(u64, *mut u64)>) ->
             ((msg + 8) as *const u32).read_unaligned(),
         )
     };
-    let Some(end) = ws::message_end(kind, payload_len, cap) else {
-        return false;
-    };
+    let end = ws::message_end(kind, payload_len, cap)?;
     // SAFETY: `end - 8..end` is within the buffer (`message_end`).
     let trailer = unsafe { ((msg + end - 8) as *const u64).read_unaligned() };
-    let Some((offset, n)) = ws::list_before(end, payload_len, trailer) else {
-        return false;
-    };
+    let (offset, n) = ws::list_before(end, payload_len, trailer)?;
     if n == 0 {
         k.replayed = [LIST_EMPTY, 0];
-        return false;
+        return None;
     }
-    // SAFETY: `n` entries at `msg + offset` lie within the buffer
-    // (`list_before`), in the arena; the caller's contract.
-    let ran = phase.and_then(|(table, kpage)| unsafe {
-        super::replay::replay(k, table, kpage, msg + offset, n)
-    });
-    k.replayed = [LIST_REPLAYED, u64::from(ran.is_some())];
-    ran.is_some()
+    k.replayed = [LIST_REPLAYED, 0];
+    let (table, leaf) = kpage?;
+    // `n` entries at `msg + offset` lie within the buffer (`list_before`),
+    // in the arena.
+    Phase::set_up(k, table, leaf, msg + offset, n)
 }
 
 // ---- user side ------------------------------------------------------------
