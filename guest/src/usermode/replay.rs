@@ -6,12 +6,14 @@
 //! most of a call after a restore. So the kernel hands the same work to
 //! pristine user-mode code instead, for one short phase at the call's start:
 //!
-//! 1. the kernel maps two 1 GiB windows in a page-map slot of their own: the
-//!    scratch region (page tables, hyperlight's allocator, the list), user
-//!    writable, and the snapshot's memory, user read-only (copy sources);
-//! 2. it enters user mode at [`hljs_user_replay`], on a fresh stack in
-//!    scratch: code of the image, run from the snapshot's exact memory, before
-//!    any JavaScript of this call and with no handler code reachable;
+//! 1. the kernel maps two 1 GiB windows in a page-map slot of their own,
+//!    each through a static directory of 2 MiB pages: the top GiB of guest
+//!    physical memory, where hyperlight's scratch region lies (page tables,
+//!    its allocator, the list, the kernel page's copy), user writable, and
+//!    the first GiB, the snapshot's memory, user read-only (copy sources);
+//! 2. it enters user mode at [`hljs_user_replay`], which uses no stack:
+//!    code of the image, run from the snapshot's exact memory, before any
+//!    JavaScript of this call and with no handler code reachable;
 //! 3. that code serves each entry as the fault fast path would serve the
 //!    fault it stands for (same rules as `hyperlight_js_guest_mm::working_set`,
 //!    the list being untrusted), copying written pages itself, then copies
