@@ -450,45 +450,36 @@ fn emulated_instructions(n: usize) {
         v.sort();
         v[v.len() / 2]
     };
+    // One table: per handler, a cell of the warm calls', the faulted ones'
+    // and the replayed ones' medians.
+    let table = |cell: &dyn Fn(&[[u64; 5]]) -> String| {
+        println!(
+            "| handler | warm call | call after a restore | after a restore, working set replayed |"
+        );
+        println!("|---|---|---|---|");
+        for (key, warm, [(plain, _), (replayed, _)], _) in &results {
+            println!(
+                "| {key} | {} | {} | {} |",
+                cell(warm),
+                cell(plain),
+                cell(replayed)
+            );
+        }
+    };
     println!("{title}, medians of {n} calls:");
     println!();
-    println!(
-        "| handler | warm call | call after a restore | after a restore, working set replayed |"
-    );
-    println!("|---|---|---|---|");
-    for (key, warm, cold, _) in &results {
-        let [(plain, _), (replayed, _)] = cold;
-        println!(
-            "| {key} | {} | {} | {} |",
-            median(warm, 0),
-            median(plain, 0),
-            median(replayed, 0)
-        );
-    }
+    table(&|v| median(v, 0).to_string());
     println!();
     println!(
         "And KVM's own work for them, in its shadow page tables (which the guest never sees; kvm-pvm has no EPT): walks of the guest's tables (one per shadow fault) / shadow pages zapped / synced / let go out of sync, medians:"
     );
     println!();
-    println!(
-        "| handler | warm call | call after a restore | after a restore, working set replayed |"
-    );
-    println!("|---|---|---|---|");
-    for (key, warm, cold, _) in &results {
-        let [(plain, _), (replayed, _)] = cold;
-        let cell = |v: &[[u64; 5]]| {
-            (1..5)
-                .map(|i| median(v, i).to_string())
-                .collect::<Vec<_>>()
-                .join(" / ")
-        };
-        println!(
-            "| {key} | {} | {} | {} |",
-            cell(warm),
-            cell(plain),
-            cell(replayed)
-        );
-    }
+    table(&|v| {
+        (1..5)
+            .map(|i| median(v, i).to_string())
+            .collect::<Vec<_>>()
+            .join(" / ")
+    });
 
     let symbols = match emulated::Symbols::new(hyperlight_js_engine::GUEST) {
         Ok(s) => s,

@@ -138,7 +138,7 @@ pub fn peek_leaf(va: u64) -> Option<*mut u64> {
 }
 
 /// A fresh physical page, and where the kernel sees it.
-pub fn fresh_page() -> Option<(u64, *mut u8)> {
+fn fresh_page() -> Option<(u64, *mut u8)> {
     // SAFETY: kernel mode; the allocator hands out unused scratch pages.
     let pa = unsafe { hyperlight_guest::prim_alloc::alloc_phys_pages(1) };
     hyperlight_guest_bin::paging::phys_to_virt(pa).map(|p| (pa, p))
@@ -317,16 +317,14 @@ pub fn window_leaf(k: &mut KState) -> Option<*mut u64> {
 }
 
 /// Readies a call after a restore, in kernel mode on the kernel stack,
-/// before the kernel page is written: copies the two copy-on-write pages
-/// the kernel writes at every call (the kernel page and [`CALL_PAGE`],
-/// which user mode reads, so it is opened too) at once rather than by a
-/// kernel fault each; empties the #PF fast path's leaf-table cache and
-/// forgets the copy window's leaf (the tables have moved). The caller then
-/// has the call's working set replayed and the call page readied
-/// ([`ready_call_page`]); `None` on a warm call. [`CALL_PAGE`] must be writable
-/// before user mode runs: the fast path writes it on the exception stack,
-/// where a fault of its own would overwrite the frame it runs on.
-/// Whether it did (the first call after a restore).
+/// before the kernel page is written: copies the kernel page, which the
+/// kernel writes at every call, at once rather than by a kernel fault;
+/// empties the #PF fast path's leaf-table cache and forgets the copy
+/// window's leaf (the tables have moved). The caller then has the call's
+/// working set replayed and the call page readied ([`ready_call_page`]):
+/// [`CALL_PAGE`] must be writable before user mode runs, as the fast path
+/// writes it on the exception stack, where a fault of its own would
+/// overwrite the frame it runs on. `None` on a warm call.
 #[inline(always)]
 pub fn prepare_copies(k: &mut KState) -> Option<Restored> {
     // All of it holds until the next restore or snapshot, which change the

@@ -115,7 +115,8 @@ impl Phase {
         let code = hljs_user_replay as *const () as u64;
         let region = super::kpage::kpage_addr() >> 21;
         let leaves = pte::table_va(table, scratch_gpa, scratch_gva)?;
-        let root = pte::table_va(paging::cr3(), scratch_gpa, scratch_gva)?;
+        let root_pa = paging::cr3() & pte::ADDR;
+        let root = pte::table_va(root_pa, scratch_gpa, scratch_gva)?;
         if scratch_gpa < SCRATCH_GIB
             || list < scratch_gva
             || dirs >> 21 != region
@@ -163,7 +164,7 @@ impl Phase {
                 list_window,
                 list_window + 8 * n,
                 kstate + TO_WINDOW,
-                paging::cr3() & pte::ADDR,
+                root_pa,
             ],
         })
     }

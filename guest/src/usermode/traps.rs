@@ -104,13 +104,13 @@ fn emulate_out(k: &mut KState, rip: u64) -> bool {
 /// Ends a user computation on a fatal fault: resumes user mode at its
 /// innermost landing (see `run.rs`), or, with none, returns to the kernel.
 fn deliver(k: &mut KState, f: Fault) -> u64 {
-    // SAFETY: a plain read of a user-memory static, in kernel mode.
-    let at = unsafe { (&raw const USER_LANDING).read_volatile() };
     // The working set's replay phase has no landing: the kernel ends it.
     if k.replayed[0] == super::replay::REPLAYING {
         k.fault = Some(f);
         return STATUS_FAULT;
     }
+    // SAFETY: a plain read of a user-memory static, in kernel mode.
+    let at = unsafe { (&raw const USER_LANDING).read_volatile() };
     let size = core::mem::size_of::<Landing>() as u64;
     // The kernel writes there: it must be mapped, writable user memory, so
     // that the write cannot fault into hyperlight-guest-bin's handlers.
