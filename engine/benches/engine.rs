@@ -407,7 +407,7 @@ fn emulated_instructions(n: usize) {
         for (key, event) in [("echo", EVENT), ("order", order.as_str())] {
             let mut warm = Vec::new();
             let mut warm_trace = emulated::Trace::default();
-            let mut cold: [(Vec<[u64; 5]>, emulated::Trace); 2] = Default::default();
+            let mut cold: [(Vec<emulated::Counts>, emulated::Trace); 2] = Default::default();
             // The first call of a handler after a restore records its working set.
             for replay in [false, true] {
                 sb.replay_working_sets(replay);
@@ -445,14 +445,14 @@ fn emulated_instructions(n: usize) {
         return;
     }
     drop(tracer);
-    let median = |v: &[[u64; 5]], i: usize| {
+    let median = |v: &[emulated::Counts], i: usize| {
         let mut v: Vec<u64> = v.iter().map(|c| c[i]).collect();
         v.sort();
         v[v.len() / 2]
     };
     // One table: per handler, a cell of the warm calls', the faulted ones'
     // and the replayed ones' medians.
-    let table = |cell: &dyn Fn(&[[u64; 5]]) -> String| {
+    let table = |cell: &dyn Fn(&[emulated::Counts]) -> String| {
         println!(
             "| handler | warm call | call after a restore | after a restore, working set replayed |"
         );
@@ -471,11 +471,11 @@ fn emulated_instructions(n: usize) {
     table(&|v| median(v, 0).to_string());
     println!();
     println!(
-        "And KVM's own work for them, in its shadow page tables (which the guest never sees; kvm-pvm has no EPT): walks of the guest's tables (one per shadow fault) / shadow pages zapped / synced / let go out of sync, medians:"
+        "And KVM's own work for them, in its shadow page tables (which the guest never sees; kvm-pvm has no EPT): shadow faults served / shadow entries set (with prefetches) / shadow pages looked up / walks of the guest's tables / shadow pages zapped / synced / let go out of sync, medians:"
     );
     println!();
     table(&|v| {
-        (1..5)
+        (1..=emulated::COUNTED.len())
             .map(|i| median(v, i).to_string())
             .collect::<Vec<_>>()
             .join(" / ")

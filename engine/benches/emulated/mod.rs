@@ -18,8 +18,12 @@
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use object::{Object, ObjectSegment, ObjectSymbol, SegmentFlags, SymbolKind, SymbolSection};
+
+/// One call's emulated instructions, then its [`COUNTED`] events.
+pub type Counts = [u64; 1 + COUNTED.len()];
 
 /// Emulated instructions seen while one traced closure ran.
 #[derive(Default)]
@@ -48,9 +52,10 @@ pub struct Rip {
 
 impl Trace {
     /// The emulated instructions, then the [`COUNTED`] events.
-    pub fn counts(&self) -> [u64; 5] {
-        let [a, b, c, d] = self.mmu;
-        [self.total, a, b, c, d]
+    pub fn counts(&self) -> Counts {
+        let mut c = [self.total; 1 + COUNTED.len()];
+        c[1..].copy_from_slice(&self.mmu);
+        c
     }
 
     pub fn merge(&mut self, other: Trace) {
@@ -85,10 +90,19 @@ pub struct Tracer {
 }
 
 const EVENT: &str = "events/kvm/kvm_emulate_insn";
-/// Counted too, where the kernel has them: KVM's walks of the guest's
-/// tables (one per fault in its shadow tables: kvm-pvm has no EPT), and the
-/// shadow pages it zaps, syncs and lets go out of sync.
-pub const COUNTED: [&str; 4] = [
+/// Traces written by `BENCH_TRACE_DUMP` so far.
+static DUMPED: AtomicUsize = AtomicUsize::new(0);
+/// Counted too, where the kernel has them: KVM's shadow-MMU work (kvm-pvm
+/// has no EPT): the faults in its shadow tables it served (one
+/// `kvm_mmu_spte_requested` each, ~15 µs a round trip from guest user mode
+/// on kvm-pvm), the shadow entries it set (those plus its prefetches of
+/// neighbours), the shadow pages it looked up or made, its walks of the
+/// guest's tables (one per fault and per operand the emulator translates),
+/// and the shadow pages it zapped, synced and let go out of sync.
+pub const COUNTED: [&str; 7] = [
+    "events/kvmmmu/kvm_mmu_spte_requested",
+    "events/kvmmmu/kvm_mmu_set_spte",
+    "events/kvmmmu/kvm_mmu_get_page",
     "events/kvmmmu/kvm_mmu_pagetable_walk",
     "events/kvmmmu/kvm_mmu_prepare_zap_page",
     "events/kvmmmu/kvm_mmu_sync_page",
@@ -146,6 +160,12 @@ impl Tracer {
         self.write("tracing_on", "0")?;
         let text = fs::read_to_string(self.dir.join("trace"))
             .map_err(|e| format!("cannot read the trace: {e}"))?;
+        // BENCH_TRACE_DUMP=<prefix>: every traced call's raw trace to
+        // <prefix>.<n>, for its timeline (where the ~15 µs gaps are).
+        if let Ok(prefix) = std::env::var("BENCH_TRACE_DUMP") {
+            let n = DUMPED.fetch_add(1, Ordering::Relaxed);
+            let _ = fs::write(format!("{prefix}.{n}"), &text);
+        }
         parse(&text)
     }
 
