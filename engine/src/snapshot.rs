@@ -128,12 +128,19 @@ fn union(a: &[u64], b: &[u64]) -> Vec<u64> {
 /// at most `MAX_PAGES` entries, little-endian, then the trailer
 /// (`hyperlight_js_guest_mm::working_set::trailer`).
 fn wire(entries: &[u64]) -> Vec<u8> {
-    use hyperlight_js_guest_mm::working_set::{MAX_PAGES, trailer};
+    use hyperlight_js_guest_mm::working_set::{COPIED, MAX_PAGES, run, trailer};
     let entries = &entries[..entries.len().min(MAX_PAGES)];
     let n = u32::try_from(entries.len()).unwrap_or(0);
+    // The pages the replay will copy, which the kernel readies for it.
+    let copies: u64 = entries
+        .iter()
+        .filter(|e| *e & COPIED != 0)
+        .filter_map(|e| run(*e).map(|(_, pages)| pages))
+        .sum();
+    let copies = u32::try_from(copies).unwrap_or(u32::MAX);
     entries
         .iter()
-        .chain([trailer(n)].iter())
+        .chain([trailer(n, copies)].iter())
         .flat_map(|e| e.to_le_bytes())
         .collect()
 }
@@ -252,6 +259,17 @@ mod tests {
         assert_eq!(found(&message(&[0; 40], &empty_list()), 4096), Some(vec![]));
         // A message that does not fit its buffer carries no list for the kernel.
         assert_eq!(found(&m, m.len() as u64 - 1), None);
+    }
+
+    #[test]
+    fn the_trailer_tells_the_kernel_how_many_pages_the_list_copies() {
+        use hyperlight_js_guest_mm::working_set::copies_hint;
+        // A copied run of 3 pages, a copied page, a page only opened.
+        let entries = [0x21c_0001 | (2 << 1), 0x22_0001, 0x8_b000];
+        let w = wire(&entries);
+        let trailer = u64::from_le_bytes(w[w.len() - 8..].try_into().unwrap());
+        assert_eq!(copies_hint(trailer), 4);
+        assert_eq!(found(&message(&[0; 8], &w), 4096), Some(entries.to_vec()));
     }
 
     #[test]

@@ -89,9 +89,19 @@ pub const TRAILER_MAGIC: u32 = 0x484c_5753;
 /// The last 8 bytes of a list of `n` entries as the host sends it: the
 /// entries, little-endian, then this, so that the kernel finds the list
 /// from the end of the call's message, where hyperlight puts the bytes of
-/// the call's last (byte) parameter.
-pub const fn trailer(n: u32) -> u64 {
-    ((TRAILER_MAGIC as u64) << 32) | n as u64
+/// the call's last (byte) parameter. Bits 16..32 carry how many pages the
+/// list copies (its [`COPIED`] runs' pages, at most `0xffff`): a hint, read
+/// by [`copies_hint`], of how many fresh pages the replay will take.
+pub const fn trailer(n: u32, copies: u32) -> u64 {
+    let copies = if copies > 0xffff { 0xffff } else { copies };
+    ((TRAILER_MAGIC as u64) << 32) | ((copies as u64) << 16) | (n as u64 & 0xffff)
+}
+
+/// The pages a list says it copies, from its trailer ([`trailer`]). Untrusted:
+/// the kernel populates at most that many of the pages the replay phase
+/// reserves, where a wrong hint costs time and nothing else.
+pub const fn copies_hint(trailer: u64) -> u64 {
+    (trailer >> 16) & 0xffff
 }
 
 /// Where the list of a call message sits, found from what the kernel reads
@@ -120,7 +130,7 @@ pub const fn list_before(end: u64, payload_len: u32, trailer: u64) -> Option<(u6
     if (trailer >> 32) as u32 != TRAILER_MAGIC {
         return None;
     }
-    let n = trailer & 0xffff_ffff;
+    let n = trailer & 0xffff;
     let bytes = 8 * (n + 1);
     if n as usize > MAX_PAGES || bytes > payload_len as u64 {
         return None;
@@ -241,35 +251,44 @@ mod tests {
     fn a_list_is_found_at_the_end_of_a_request_that_fits_its_buffer() {
         // A 100-byte payload ending in 3 entries and the trailer.
         assert_eq!(
-            list_span(1, 100, 4096, trailer(3)),
+            list_span(1, 100, 4096, trailer(3, 0)),
             Some((12 + 100 - 32, 3))
         );
-        assert_eq!(list_span(1, 32, 44, trailer(3)), Some((12, 3)));
+        assert_eq!(list_span(1, 32, 44, trailer(3, 0)), Some((12, 3)));
         // An empty list is a list.
-        assert_eq!(list_span(1, 8, 4096, trailer(0)), Some((12, 0)));
+        assert_eq!(list_span(1, 8, 4096, trailer(0, 0)), Some((12, 0)));
     }
 
     #[test]
     fn no_list_is_found_where_the_message_does_not_hold_one() {
         // Not a request (a snapshot checkpoint, a response).
-        assert_eq!(list_span(7, 100, 4096, trailer(3)), None);
-        assert_eq!(list_span(2, 100, 4096, trailer(3)), None);
+        assert_eq!(list_span(7, 100, 4096, trailer(3, 0)), None);
+        assert_eq!(list_span(2, 100, 4096, trailer(3, 0)), None);
         // The message continues in another buffer.
-        assert_eq!(list_span(1, 5000, 4096, trailer(3)), None);
+        assert_eq!(list_span(1, 5000, 4096, trailer(3, 0)), None);
         assert_eq!(message_end(1, 4085, 4096), None);
         assert_eq!(message_end(1, 4084, 4096), Some(4096));
         // No trailer, or one claiming more entries than the payload holds
         // or than the kernel replays.
         assert_eq!(list_span(1, 100, 4096, 3), None);
-        assert_eq!(list_span(1, 100, 4096, trailer(12)), None);
+        assert_eq!(list_span(1, 100, 4096, trailer(12, 0)), None);
         assert_eq!(
-            list_span(1, 4000, 4096, trailer(MAX_PAGES as u32 + 1)),
+            list_span(1, 4000, 4096, trailer(MAX_PAGES as u32 + 1, 0)),
             None
         );
         // Too short to hold a trailer at all.
         assert_eq!(message_end(1, 7, 4096), None);
         // A length that would overflow 32 bits is still bounded.
-        assert_eq!(list_span(1, u32::MAX, u64::MAX, trailer(u32::MAX)), None);
+        assert_eq!(list_span(1, u32::MAX, u64::MAX, trailer(u32::MAX, 0)), None);
+    }
+
+    #[test]
+    fn the_trailer_carries_the_copies_hint_beside_the_length() {
+        let t = trailer(3, 40);
+        assert_eq!(list_span(1, 100, 4096, t), Some((80, 3)));
+        assert_eq!(copies_hint(t), 40);
+        assert_eq!(copies_hint(trailer(3, 1 << 20)), 0xffff);
+        assert_eq!(copies_hint(trailer(3, 0)), 0);
     }
 
     #[test]

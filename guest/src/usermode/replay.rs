@@ -55,6 +55,12 @@ const SCRATCH_GIB: u64 = (hyperlight_common::layout::SCRATCH_TOP_GPA as u64 + 1)
 /// (page tables, stack growth, pages the list did not foresee).
 const RESERVE_PAGES: u64 = 64;
 
+/// Pages the kernel populates per round before the phase (see [`Phase::run`]).
+const TOUCH_UNROLL: u64 = 8;
+
+/// Copies the phase makes at most: one pair of addresses each in its buffer page.
+const MAX_COPIES: u64 = PAGE_SIZE / 16;
+
 /// Marks [`KState::replayed`] while the phase runs: a fault then ends it
 /// instead of resuming user mode at a landing.
 pub const REPLAYING: u64 = 2;
@@ -95,6 +101,10 @@ pub struct Phase {
     /// The phase's arguments: the list and its end, the kernel page's
     /// state, the root table (see the assembly).
     args: [u64; 4],
+    /// Where the kernel sees the first page the phase will take from the
+    /// allocator, and how many pages from there it populates (see
+    /// [`Phase::run`]).
+    touch: (u64, u64),
 }
 
 impl Phase {
@@ -103,13 +113,22 @@ impl Phase {
     /// page's 2 MiB region, where the phase's code and directories must lie
     /// too (they do in this image: statics and text of a small binary;
     /// `engine/tests/working_set.rs` fails if the phase stops running),
-    /// `kpage` the kernel page's leaf entry, already copied. `None`: no
-    /// phase, the call's faults serve its pages.
+    /// `kpage` the kernel page's leaf entry, already copied, and `copies`
+    /// the pages the list says it copies (untrusted: what the kernel
+    /// populates for the phase, within its reserve). `None`: no phase, the
+    /// call's faults serve its pages.
     ///
     /// Every instruction here is emulated: the walk is the table
     /// arithmetic itself, once, rather than a walk per page.
     #[inline(always)]
-    pub fn set_up(k: &mut KState, table: u64, kpage: *mut u64, list: u64, n: u64) -> Option<Self> {
+    pub fn set_up(
+        k: &mut KState,
+        table: u64,
+        kpage: *mut u64,
+        list: u64,
+        n: u64,
+        copies: u64,
+    ) -> Option<Self> {
         let [scratch_gpa, scratch_gva] = k.scratch;
         let dirs = (&raw const DIRECTORIES) as u64;
         let code = hljs_user_replay as *const () as u64;
@@ -156,6 +175,18 @@ impl Phase {
                 .write_volatile((scratch_dir & pte::ADDR) | PRESENT | RW | USER);
         }
         let list_window = list - scratch_gva + scratch_gpa + TO_WINDOW;
+        // The pages the phase will take: its pair buffer, then one a copy
+        // (`copies` as the list says, and the call page), within what it
+        // reserves (see the assembly).
+        // SAFETY: the allocator's pointer (noted at init).
+        let next = unsafe { (k.alloc_gva as *const u64).read_volatile() };
+        let room = k
+            .alloc_limit
+            .saturating_sub(next + RESERVE_PAGES * PAGE_SIZE)
+            / PAGE_SIZE;
+        let pages = (copies + 2)
+            .next_multiple_of(TOUCH_UNROLL)
+            .min(room & !(TOUCH_UNROLL - 1));
         Some(Self {
             slot,
             pdpt: pdpt_pa | PRESENT | RW | USER,
@@ -166,6 +197,7 @@ impl Phase {
                 kstate + TO_WINDOW,
                 root_pa,
             ],
+            touch: (next.wrapping_add(k.scratch_delta), pages),
         })
     }
 
@@ -186,6 +218,29 @@ impl Phase {
             let replayed = &raw mut super::kpage::KPAGE.replayed;
             replayed.write_volatile([REPLAYING, 0]);
             self.slot.write_volatile(self.pdpt);
+            // The pages the phase will write, each touched once here: an
+            // emulated store makes the host back the page (scratch is
+            // unbacked after every restore) without a fault of the guest's,
+            // and KVM then maps a faulting page's neighbours with it
+            // (which it does only for pages the host backs). One store a
+            // page, eight a round.
+            let (mut p, mut pages) = self.touch;
+            while pages != 0 {
+                asm!(
+                    "mov byte ptr [{p}], 0",
+                    "mov byte ptr [{p} + 0x1000], 0",
+                    "mov byte ptr [{p} + 0x2000], 0",
+                    "mov byte ptr [{p} + 0x3000], 0",
+                    "mov byte ptr [{p} + 0x4000], 0",
+                    "mov byte ptr [{p} + 0x5000], 0",
+                    "mov byte ptr [{p} + 0x6000], 0",
+                    "mov byte ptr [{p} + 0x7000], 0",
+                    p = in(reg) p,
+                    options(nostack)
+                );
+                p += TOUCH_UNROLL * PAGE_SIZE;
+                pages -= TOUCH_UNROLL;
+            }
             let [a0, a1, a2, a3] = self.args;
             let status = hljs_enter_user(self.code, 0, a0, a1, a2, a3);
             self.slot.write_volatile(0);
@@ -311,6 +366,13 @@ global_asm!(
     "cmp r10, r11",
     "cmovb r10, r11",
     "mov [r8], r10",
+    // The first reserved page holds the copies' pairs of addresses (the
+    // new page's own address, where the old one shows), made in the loop
+    // and copied after it: every page is in place before the first copy,
+    // so KVM can map a faulting page's neighbours as they will stay.
+    "lea r9, [r11 + {page}]",
+    "cmp r11, r10",
+    "cmovb r11, r9",
     // The loop: one entry each time round, a page or a run of pages.
     "2:",
     "cmp rdi, rdx",
@@ -359,9 +421,9 @@ global_asm!(
     "sub esi, {page}",
     "jnz 50b",
     "jmp 2b",
-    // Writes: a present page not open yet, copy-on-write (copied into the
-    // next reserved page from where a window shows the old one, then put
-    // in place writable and open, without the mark), or writable (opened).
+    // Writes: a present page not open yet, copy-on-write (the next
+    // reserved page put in place, writable and open, without the mark; its
+    // copy noted in the buffer, made after the loop), or writable (opened).
     "61:",
     "mov r9, [r8]",
     "mov ebp, r9d",
@@ -383,30 +445,28 @@ global_asm!(
     "66:",
     "mov r9, {snap_window}",
     "add rbp, r9",
-    // The new page put in place first, writable and open, without the
-    // mark; then the copy into it through the page's own address, whose
-    // first write makes KVM's shadow entry there, the one the call uses
-    // (through the window it would make one more, ~15 µs each on kvm-pvm).
-    // No stale translation of that address can be writable: nothing used
-    // it since the restore, and one the processor still held read-only
-    // would fault, ending the phase. (rdi, rsi, rcx kept in rbx, rbp, r9
-    // meanwhile.)
+    // The new page in place, and the pair noted (a full buffer leaves the
+    // rest to the faults).
     "67:",
+    "cmp r12, {max_copies}",
+    "jae 63f",
     "mov r9, [r8]",
     "mov rbx, {keep_mask}",
     "and r9, rbx",
     "or r9, r11",
     "or r9, {rw_user}",
     "mov [r8], r9",
-    "mov rbx, rdi",
-    "xchg rsi, rbp",
-    "mov r9, rcx",
-    "mov rdi, rax",
-    "mov ecx, {words}",
-    "rep movsq",
-    "mov rcx, r9",
-    "mov rsi, rbp",
-    "mov rdi, rbx",
+    // The pair at slot r12 of the buffer, r11 - 4096 * (r12 + 1).
+    "mov r9, r12",
+    "shl r9, 12",
+    "neg r9",
+    "lea r9, [r11 + r9 - 4096]",
+    "mov rbx, {to_window}",
+    "add r9, rbx",
+    "mov rbx, r12",
+    "shl rbx, 4",
+    "mov [r9 + rbx], rax",
+    "mov [r9 + rbx + 8], rbp",
     "inc r12",
     "add r11, {page}",
     "63:",
@@ -495,7 +555,31 @@ global_asm!(
     "jmp 4b",
     // Done: the reserved pages not used go back to the allocator, unless
     // something else allocated since (then they stay taken, unused).
+    // The copies, each into the page's own address: its first write makes
+    // the shadow entry the call uses (through the window it would make one
+    // more, ~15 µs each on kvm-pvm), and KVM maps the neighbours in place
+    // with it. No stale translation of those addresses can be writable:
+    // nothing used them since the restore, and one the processor still
+    // held read-only would fault, ending the phase.
     "92:",
+    "test r12, r12",
+    "jz 94f",
+    "mov r9, r12",
+    "shl r9, 12",
+    "neg r9",
+    "lea r9, [r11 + r9 - 4096]",
+    "mov rbx, {to_window}",
+    "add r9, rbx",
+    "mov r8, r12",
+    "93:",
+    "mov rdi, [r9]",
+    "mov rsi, [r9 + 8]",
+    "mov ecx, {words}",
+    "rep movsq",
+    "add r9, 16",
+    "dec r8",
+    "jnz 93b",
+    "94:",
     "mov r8, [r15 + {k_alloc_gva}]",
     "sub r8, [r15 + {k_scratch_delta}]",
     "mov r9, {to_window}",
@@ -529,6 +613,7 @@ global_asm!(
     run = const hyperlight_js_guest_mm::working_set::RUN,
     page = const PAGE_SIZE,
     words = const PAGE_SIZE / 8,
+    max_copies = const MAX_COPIES,
     gib = const GIB,
     snap_window = const SNAP_WINDOW,
 );

@@ -129,7 +129,7 @@ pub fn replay_at_start(k: &mut KState, kpage: Option<(u64, *mut u64)>) -> Option
     let (table, leaf) = kpage?;
     // `n` entries at `msg + offset` lie within the buffer (`list_before`),
     // in the arena.
-    Phase::set_up(k, table, leaf, msg + offset, n)
+    Phase::set_up(k, table, leaf, msg + offset, n, ws::copies_hint(trailer))
 }
 
 // ---- user side ------------------------------------------------------------
