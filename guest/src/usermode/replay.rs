@@ -16,9 +16,12 @@
 //!    JavaScript of this call and with no handler code reachable;
 //! 3. that code serves each entry as the fault fast path would serve the
 //!    fault it stands for (same rules as `hyperlight_js_guest_mm::working_set`,
-//!    the list being untrusted), copying written pages itself, then copies
-//!    the call page (`paging::CALL_PAGE`, which the kernel writes at every
-//!    call), and leaves with `SYS_EXIT`;
+//!    the list being untrusted), then the call page (`paging::CALL_PAGE`,
+//!    which the kernel writes at every call); a written page gets its new
+//!    page in place at once and its copy after the loop, through its own
+//!    address (KVM's shadow entry for it made once, and neighbours mapped
+//!    with it: the kernel backs the pages the phase will take beforehand);
+//!    then it leaves with `SYS_EXIT`;
 //! 4. the kernel unmaps the windows and flushes the TLB before the call runs.
 //!
 //! The windows never outlive the phase and only this code runs while they
