@@ -187,7 +187,9 @@ impl Phase {
             .alloc_limit
             .saturating_sub(next + RESERVE_PAGES * PAGE_SIZE)
             / PAGE_SIZE;
-        let pages = (copies + 2)
+        // At most what the pair buffer can hold: a hint of more (the list
+        // comes from what earlier calls did) would only cost time here.
+        let pages = (copies.min(MAX_COPIES) + 2)
             .next_multiple_of(TOUCH_UNROLL)
             .min(room & !(TOUCH_UNROLL - 1));
         Some(Self {
