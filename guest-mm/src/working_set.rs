@@ -93,8 +93,12 @@ pub const TRAILER_MAGIC: u32 = 0x484c_5753;
 /// list copies (its [`COPIED`] runs' pages, at most `0xffff`): a hint, read
 /// by [`copies_hint`], of how many fresh pages the replay will take.
 pub const fn trailer(n: u32, copies: u32) -> u64 {
-    let copies = if copies > 0xffff { 0xffff } else { copies };
-    ((TRAILER_MAGIC as u64) << 32) | ((copies as u64) << 16) | (n as u64 & 0xffff)
+    // Both fields saturate: a length too large for its 16 bits stays too
+    // large for the kernel (never wraps to a short, valid-looking one).
+    const fn field(v: u32) -> u64 {
+        if v > 0xffff { 0xffff } else { v as u64 }
+    }
+    ((TRAILER_MAGIC as u64) << 32) | (field(copies) << 16) | field(n)
 }
 
 /// The pages a list says it copies, from its trailer ([`trailer`]). Untrusted:
@@ -289,6 +293,8 @@ mod tests {
         assert_eq!(copies_hint(t), 40);
         assert_eq!(copies_hint(trailer(3, 1 << 20)), 0xffff);
         assert_eq!(copies_hint(trailer(3, 0)), 0);
+        // A length past 16 bits saturates, and is refused, rather than wrapping.
+        assert_eq!(list_span(1, 100, 4096, trailer(0x1_0003, 0)), None);
     }
 
     #[test]

@@ -284,6 +284,22 @@ macro_rules! table_of_entry {
     };
 }
 
+/// Phase assembly: r9 becomes the window address of the copies' pair
+/// buffer, the reserved page just below the `r12` pages taken for copies
+/// (`r11` the next one): r11 - 4096 * (r12 + 1). Clobbers rbx.
+macro_rules! pair_buffer {
+    () => {
+        concat!(
+            "mov r9, r12\n",
+            "shl r9, 12\n",
+            "neg r9\n",
+            "lea r9, [r11 + r9 - 4096]\n",
+            "mov rbx, {to_window}\n",
+            "add r9, rbx\n",
+        )
+    };
+}
+
 /// Phase assembly: r8, the table of one level, becomes `rax`'s entry
 /// there, which must be present and no large page (else `9f`), with the
 /// user bit set.
@@ -461,13 +477,8 @@ global_asm!(
     "or r9, r11",
     "or r9, {rw_user}",
     "mov [r8], r9",
-    // The pair at slot r12 of the buffer, r11 - 4096 * (r12 + 1).
-    "mov r9, r12",
-    "shl r9, 12",
-    "neg r9",
-    "lea r9, [r11 + r9 - 4096]",
-    "mov rbx, {to_window}",
-    "add r9, rbx",
+    // The pair at slot r12 of the buffer.
+    pair_buffer!(),
     "mov rbx, r12",
     "shl rbx, 4",
     "mov [r9 + rbx], rax",
@@ -558,8 +569,6 @@ global_asm!(
     "mov rax, rbx",
     "or rbx, {copied}",
     "jmp 4b",
-    // Done: the reserved pages not used go back to the allocator, unless
-    // something else allocated since (then they stay taken, unused).
     // The copies, each into the page's own address: its first write makes
     // the shadow entry the call uses (through the window it would make one
     // more, ~15 µs each on kvm-pvm), and KVM maps the neighbours in place
@@ -569,12 +578,7 @@ global_asm!(
     "92:",
     "test r12, r12",
     "jz 94f",
-    "mov r9, r12",
-    "shl r9, 12",
-    "neg r9",
-    "lea r9, [r11 + r9 - 4096]",
-    "mov rbx, {to_window}",
-    "add r9, rbx",
+    pair_buffer!(),
     "mov r8, r12",
     "93:",
     "mov rdi, [r9]",
@@ -584,6 +588,8 @@ global_asm!(
     "add r9, 16",
     "dec r8",
     "jnz 93b",
+    // Done: the reserved pages not used go back to the allocator, unless
+    // something else allocated since (then they stay taken, unused).
     "94:",
     "mov r8, [r15 + {k_alloc_gva}]",
     "sub r8, [r15 + {k_scratch_delta}]",
