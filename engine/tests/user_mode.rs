@@ -57,13 +57,18 @@ fn user_mode_reads_its_own_data() {
 #[test]
 fn user_mode_cannot_touch_kernel_pages_and_restore_recovers() {
     let (mut sb, snap) = user_sandbox();
-    // The user-mode kernel page, the IDT/GDT/TSS page, the kernel stack, the
-    // page tables and exception stack at the top of scratch.
+    // The user-mode kernel page, the IDT/GDT/TSS page, the stack
+    // initialisation ran on, the page tables and exception stack at the top
+    // of scratch, and the kernel stack calls run on: the lowest and the
+    // highest of its pages, the lowest of the twelve pages hyperlight 0.18
+    // reserves at the top of scratch (which ends at 0xffff_ffff_ffff_efff).
     for addr in [
         1u64,
         0xffff_fd00_0000_0000,
         0xffff_ff00_0000_0000 - 8,
         0xffff_ffff_ffff_e000,
+        0xffff_ffff_ffff_f000 - 12 * 4096,
+        0xffff_ffff_ffff_f000 - 8 * 4096 - 8,
     ] {
         let err = sb.probe_read(addr).unwrap_err();
         assert_eq!(err.code(), "ERR_GUEST_ABORT", "{addr:#x}: {err}");

@@ -26,7 +26,6 @@ use hyperlight_common::flatbuffer_wrappers::guest_error::{ErrorCode, GuestError}
 use hyperlight_common::outb::VmAction;
 use hyperlight_guest::error::HyperlightGuestError;
 use hyperlight_js_abi::guest_fn;
-use hyperlight_js_guest_mm::pte;
 
 use crate::transport::{self, Action, Transport};
 use crate::{exports, usermode};
@@ -36,15 +35,13 @@ global_asm!(
     // stack and ZF set when the TLB must be flushed (first call after a
     // restore). Toggling CR4.PGE flushes it, global entries included.
     //
-    // After a restore the stack's page is copy-on-write again, and the
-    // `call` below would take a kernel fault for it (~250 emulated
-    // instructions with the exception's delivery, and a copy of what lies
-    // above the stack pointer at ~1 µs a qword). With user mode on, the
-    // page is replaced here instead, through tables in scratch, by a fresh
-    // one and no copy: the stack pointer is the one `finish_init` halted
-    // with, and what lies above it is that function's frame and its
-    // callers', which never run again (every call starts here). Anything
-    // unexpected in the walk leaves the page to the fault.
+    // With user mode on, the call runs on the kernel stack in scratch
+    // (`usermode::KERNEL_STACK_TOP`), not on the stack `finish_init` halted
+    // with: a restore leaves that one copy-on-write, so a call's first push
+    // would cost a kernel fault or a replacement in emulated code (~90
+    // instructions), where a scratch page the restore zeroed costs KVM one
+    // shadow fault and the guest nothing. Nothing above the stack pointer
+    // is ever read again: every call starts here.
     ".global hljs_dispatch",
     "hljs_dispatch:",
     ".cfi_startproc",
@@ -55,56 +52,11 @@ global_asm!(
     "mov cr4, rdi",
     "xor rdi, 0x80",
     "mov cr4, rdi",
-    "lea r11, [rip + {kpage}]",
-    "cmp byte ptr [r11 + {k_enabled}], 0",
-    "je 2f",
-    // rax = the page the call's push lands in; rdx = its leaf, in the walk.
-    "lea rax, [rsp - 8]",
-    "and rax, -4096",
-    "mov rdx, cr3",
-    ".irp shift, 39,30,21,12",
-    "mov r8, {addr_mask}",
-    "and rdx, r8",
-    "cmp rdx, [r11 + {k_gpa}]",
-    "jb 2f",
-    "add rdx, [r11 + {k_delta}]",
-    "mov rcx, rax",
-    "shr rcx, \\shift",
-    "and ecx, 0x1ff",
-    "lea r9, [rdx + rcx * 8]",
-    "mov rdx, [r9]",
-    "test dl, 1",
-    "jz 2f",
-    ".if \\shift > 12",
-    "test dl, 0x80",
-    "jnz 2f",
-    ".endif",
-    ".endr",
-    // A copy-on-write leaf (r9 = its address, rdx = its value), not writable.
-    "test dl, {rw}",
-    "jnz 2f",
-    "mov ecx, edx",
-    "and ecx, {avl}",
-    "cmp ecx, {cow}",
-    "jne 2f",
-    // A page from hyperlight's allocator, as `alloc_phys_pages` gives one.
-    "mov r8, [r11 + {k_alloc_gva}]",
-    "mov r10, {page}",
-    "xadd [r8], r10",
-    "lea rcx, [r10 + {page}]",
-    "cmp rcx, [r11 + {k_alloc_limit}]",
-    "jbe 3f",
-    "sub qword ptr [r8], {page}",
-    "jmp 2f",
-    // The new page in place, writable, every other bit as it was.
-    "3:",
-    "mov rcx, {keep_mask}",
-    "and rdx, rcx",
-    "or rdx, r10",
-    "or rdx, {rw}",
-    "mov [r9], rdx",
-    "invlpg [rax]",
     "2:",
+    "cmp byte ptr [rip + {kpage} + {k_enabled}], 0",
+    "je 3f",
+    "mov rsp, {kstack_top}",
+    "3:",
     "call {kernel_dispatch}",
     "mov dx, {halt}",
     "out dx, eax",
@@ -115,16 +67,7 @@ global_asm!(
     halt = const VmAction::Halt as u16,
     kpage = sym usermode::KPAGE_SYMBOL,
     k_enabled = const usermode::K_ENABLED,
-    k_gpa = const usermode::K_SCRATCH_GPA,
-    k_delta = const usermode::K_SCRATCH_DELTA,
-    k_alloc_gva = const usermode::K_ALLOC_GVA,
-    k_alloc_limit = const usermode::K_ALLOC_LIMIT,
-    addr_mask = const pte::ADDR,
-    keep_mask = const !(pte::ADDR | pte::COW),
-    rw = const pte::RW,
-    avl = const pte::AVL,
-    cow = const pte::COW,
-    page = const hyperlight_js_guest_mm::PAGE_SIZE,
+    kstack_top = const usermode::KERNEL_STACK_TOP,
 );
 
 unsafe extern "C" {

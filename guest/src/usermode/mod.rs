@@ -48,11 +48,8 @@ use core::sync::atomic::{AtomicBool, Ordering};
 use hyperlight_js_guest_mm::PAGE_SIZE;
 
 pub use kpage::{ENTRY_KINDS, Entry};
-// For the call entry's assembly (`dispatch.rs`), which makes the stack's
-// copy after a restore.
-pub(crate) use kpage::{
-    K_ALLOC_GVA, K_ALLOC_LIMIT, K_ENABLED, K_SCRATCH_DELTA, K_SCRATCH_GPA, KPAGE as KPAGE_SYMBOL,
-};
+// For the call entry's assembly (`dispatch.rs`), which picks the stack.
+pub(crate) use kpage::{K_ENABLED, KPAGE as KPAGE_SYMBOL};
 pub use run::run;
 pub use working_set::{checkpointed, recorded};
 
@@ -73,6 +70,25 @@ pub const SYS_WS_COPY: u64 = 4;
 /// note where the first call after a restore of it will arrive (the kernel
 /// finds the working set to replay there, `usermode::working_set`).
 pub const SYS_WS_SOURCE: u64 = 5;
+
+/// Pages of the kernel stack: the lowest of the pages hyperlight reserves
+/// at the top of scratch for its exception stack (IST1) and metadata, which
+/// its allocator never hands out. A restore zeroes scratch, so the stack's
+/// first use after one costs KVM a shadow fault and the guest no
+/// copy-on-write; it is outside every region user mode may touch. The
+/// exception stack grows down from the top of the same pages and keeps the
+/// rest (the kernel's own faults run there, a few hundred bytes deep).
+const KERNEL_STACK_PAGES: u64 = 4;
+const RESERVED_PAGES: u64 = hyperlight_common::layout::SCRATCH_TOP_RESERVED_PAGES as u64;
+const _: () = assert!(
+    RESERVED_PAGES >= KERNEL_STACK_PAGES + 4,
+    "the exception stack keeps at least four pages above the kernel stack"
+);
+/// Top of the kernel stack, where every call from the host starts once user
+/// mode is on (`dispatch::hljs_dispatch`); its lowest page is the first one
+/// above hyperlight's allocator limit.
+pub(crate) const KERNEL_STACK_TOP: u64 = hyperlight_common::layout::SCRATCH_TOP_GVA as u64 + 1
+    - (RESERVED_PAGES - KERNEL_STACK_PAGES) * PAGE_SIZE;
 
 /// Top of the user stack: a region of its own, outside every hyperlight region.
 const USTACK_TOP: u64 = 0xffff_f000_1000_0000;
