@@ -62,6 +62,10 @@ pub mod guest_fn {
     /// query, which turns it on and reports nothing; query once before a
     /// snapshot for sandboxes restored from it to count.
     pub const KERNEL_STATS: &str = "KernelStats";
+    /// `() -> String` (test hook): how deep the guest kernel's stack and its
+    /// exception stack have been since the last restore (or the start), and
+    /// their sizes, in bytes: `kernel=<used>/<size> exception=<used>/<size>`.
+    pub const STACK_USE: &str = "StackUse";
 }
 
 /// Kinds of kernel entry from guest user mode, as [`guest_fn::KERNEL_STATS`] names them:

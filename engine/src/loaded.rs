@@ -516,6 +516,32 @@ impl LoadedJSSandbox {
             .collect()
     }
 
+    /// Test hook: how deep the guest kernel's stack and its exception stack
+    /// have been since the last restore (or the start), and their sizes, in
+    /// bytes: `[[kernel used, kernel size], [exception used, exception size]]`.
+    /// No guard page bounds either stack (both lie in pages hyperlight
+    /// reserves at the top of scratch): tests prove the margin with this.
+    #[doc(hidden)]
+    pub fn guest_stack_use(&mut self) -> Result<[[u64; 2]; 2]> {
+        let text: String = self
+            .sandbox
+            .call(guest_fn::STACK_USE, ())
+            .map_err(error_map::from_hyperlight)?;
+        let bad = || Error::Internal(format!("bad stack use reply {text:?}"));
+        let field = |name: &str| -> Result<[u64; 2]> {
+            let value = text
+                .split(' ')
+                .find_map(|part| part.strip_prefix(name)?.strip_prefix('='))
+                .ok_or_else(bad)?;
+            let (used, size) = value.split_once('/').ok_or_else(bad)?;
+            Ok([
+                used.parse().map_err(|_| bad())?,
+                size.parse().map_err(|_| bad())?,
+            ])
+        };
+        Ok([field("kernel")?, field("exception")?])
+    }
+
     /// The sizes this sandbox was built with.
     pub fn config(&self) -> &SandboxConfig {
         &self.shared.config

@@ -198,3 +198,84 @@ fn kernel_mode_still_works() {
     );
     assert_eq!(sb.probe_read(0).unwrap(), 42);
 }
+
+/// The kernel stack and the exception stack sit in the pages hyperlight
+/// reserves at the top of scratch, with no guard page between them or below
+/// them (hyperlight's page tables): every kind of kernel entry must stay well
+/// inside its stack. Entries of each kind after a restore (which zeroes both
+/// stacks), then the high-water marks: at most half of each stack.
+#[test]
+fn kernel_entries_of_every_kind_stay_within_half_of_their_stacks() {
+    let mut proto = SandboxBuilder::new()
+        .guest_mode(GuestMode::User)
+        .build()
+        .unwrap();
+    proto
+        .register_host_function("m", "twice", |args| {
+            Ok(json!(args[0].as_i64().unwrap_or(0) * 2))
+        })
+        .unwrap();
+    let mut js = proto.load_runtime().unwrap();
+    js.add_handler(
+        "all",
+        "const kept = new Uint8Array(1 << 20).fill(7);
+         function handler(e) {
+           // Copy-on-write faults on the snapshot's heap, fresh zeroed pages,
+           // an emulated `out` (the host function), a thrown error caught.
+           let s = 0; for (let i = 0; i < kept.length; i += 4096) { kept[i]++; s += kept[i]; }
+           const fresh = new Float64Array(1 << 17).fill(1.5);
+           try { JSON.parse('{'); } catch (_) { s += 1; }
+           function deep(n) { return n === 0 ? 0 : 1 + deep(n - 1); }
+           return { s, fresh: fresh[fresh.length - 1], twice: host.m.twice(21), deep: deep(200) };
+         }",
+    )
+    .unwrap();
+    js.add_handler("throws", "function handler() { throw new Error('no'); }")
+        .unwrap();
+    let mut sb = js.get_loaded_sandbox().unwrap();
+    let snap = sb.snapshot().unwrap();
+    let opts = CallOptions::default().wall_clock_timeout(std::time::Duration::from_secs(20));
+    for round in 0..2 {
+        sb.restore(&snap).unwrap();
+        let out = sb.call_handler("all", &json!({}), &opts).unwrap();
+        assert_eq!(out["twice"], json!(42), "round {round}: {out}");
+        assert_eq!(out["deep"], json!(200), "round {round}: {out}");
+        let err = sb.call_handler("throws", &json!({}), &opts).unwrap_err();
+        assert_eq!(err.code(), "ERR_HANDLER_THREW", "{err}");
+        sb.call_handler("all", &json!({}), &opts).unwrap();
+        sb.guest_kernel_entries().unwrap();
+        let [[kernel, kernel_size], [exception, exception_size]] = sb.guest_stack_use().unwrap();
+        println!(
+            "round {round}: kernel stack {kernel}/{kernel_size} B, exception stack {exception}/{exception_size} B"
+        );
+        assert_eq!(kernel_size, 4 * 4096);
+        assert!(exception_size >= 4 * 4096, "{exception_size}");
+        // The calls ran on the kernel stack: it shows their frames.
+        assert!(kernel > 0, "the kernel stack looks unused");
+        assert!(
+            kernel <= kernel_size / 2,
+            "kernel stack {kernel} of {kernel_size} bytes"
+        );
+        assert!(
+            exception <= exception_size / 2,
+            "exception stack {exception} of {exception_size} bytes"
+        );
+    }
+    // A fatal fault (user mode reading the kernel page) is delivered on the
+    // same stack; the hook still answers on the poisoned sandbox.
+    sb.restore(&snap).unwrap();
+    sb.call_handler("all", &json!({}), &opts).unwrap();
+    assert_eq!(sb.probe_read(1).unwrap_err().code(), "ERR_GUEST_ABORT");
+    let [[kernel, kernel_size], [exception, exception_size]] = sb.guest_stack_use().unwrap();
+    println!(
+        "after a fatal fault: kernel stack {kernel}/{kernel_size} B, exception stack {exception}/{exception_size} B"
+    );
+    assert!(
+        kernel > 0 && kernel <= kernel_size / 2,
+        "kernel stack {kernel} of {kernel_size} bytes"
+    );
+    assert!(
+        exception <= exception_size / 2,
+        "exception stack {exception} of {exception_size} bytes"
+    );
+}

@@ -246,6 +246,13 @@ fn call_guest_function(call: FunctionCall) -> CallResult {
             args.end(&name)?;
             ReturnValue::String(exports::scribble(write, seek))
         }
+        guest_fn::STACK_USE => {
+            args.end(&name)?;
+            let [[kernel, kernel_size], [exception, exception_size]] = usermode::stack_use();
+            ReturnValue::String(format!(
+                "kernel={kernel}/{kernel_size} exception={exception}/{exception_size}"
+            ))
+        }
         guest_fn::WORKING_SET => {
             args.end(&name)?;
             let mut out = String::new();

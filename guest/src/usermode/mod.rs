@@ -71,6 +71,11 @@ pub const SYS_WS_COPY: u64 = 4;
 /// finds the working set to replay there, `usermode::working_set`).
 pub const SYS_WS_SOURCE: u64 = 5;
 
+/// System call: how deep one of the kernel's stacks has been since scratch
+/// was last zeroed (`rdi` = 0: the kernel stack, 1: the exception stack), in
+/// bytes, `rax` (see [`stack_use`]).
+pub const SYS_STACK_USE: u64 = 6;
+
 /// Pages of the kernel stack: the lowest of the pages hyperlight reserves
 /// at the top of scratch for its exception stack (IST1) and metadata, which
 /// its allocator never hands out. A restore zeroes scratch, so the stack's
@@ -89,6 +94,59 @@ const _: () = assert!(
 /// above hyperlight's allocator limit.
 pub(crate) const KERNEL_STACK_TOP: u64 = hyperlight_common::layout::SCRATCH_TOP_GVA as u64 + 1
     - (RESERVED_PAGES - KERNEL_STACK_PAGES) * PAGE_SIZE;
+
+/// The kernel stack and the exception stack above it, `[low, high)`: the
+/// latter ends below the metadata hyperlight keeps at the top of scratch.
+const STACKS: [[u64; 2]; 2] = [
+    [
+        KERNEL_STACK_TOP - KERNEL_STACK_PAGES * PAGE_SIZE,
+        KERNEL_STACK_TOP,
+    ],
+    [
+        KERNEL_STACK_TOP,
+        hyperlight_common::layout::SCRATCH_TOP_GVA as u64 + 1
+            - hyperlight_common::layout::SCRATCH_TOP_EXN_STACK_OFFSET,
+    ],
+];
+
+/// The high-water mark of stack `which` of [`STACKS`] in bytes, from its
+/// lowest non-zero qword: every restore zeroes scratch, so this is the
+/// deepest either stack has been since (a test proves the margin, which no
+/// guard page enforces). Out of range: `u64::MAX`.
+///
+/// # Safety
+/// Kernel mode: the stacks are kernel pages.
+pub(crate) unsafe fn stack_high_water(which: u64) -> u64 {
+    let Some(&[low, high]) = STACKS.get(which as usize) else {
+        return u64::MAX;
+    };
+    let mut at = low;
+    while at < high {
+        // SAFETY: the caller's contract; both stacks are mapped scratch pages.
+        if unsafe { (at as *const u64).read_volatile() } != 0 {
+            return high - at;
+        }
+        at += 8;
+    }
+    0
+}
+
+/// How deep the kernel stack and the exception stack have been since the
+/// last restore (or the start), in bytes, and their sizes: test hook.
+pub fn stack_use() -> [[u64; 2]; 2] {
+    let used = |which: u64| {
+        if in_user() {
+            syscall(SYS_STACK_USE, which)
+        } else {
+            // SAFETY: not in a user run: this is kernel mode.
+            unsafe { stack_high_water(which) }
+        }
+    };
+    [
+        [used(0), STACKS[0][1] - STACKS[0][0]],
+        [used(1), STACKS[1][1] - STACKS[1][0]],
+    ]
+}
 
 /// Top of the user stack: a region of its own, outside every hyperlight region.
 const USTACK_TOP: u64 = 0xffff_f000_1000_0000;

@@ -7,8 +7,8 @@ use super::entry::{STATUS_EXIT, STATUS_FAULT, STATUS_RESUME};
 use super::kpage::{ENTRY_KINDS, Entry, KState, kpage};
 use super::run::{LANDING_ACCESS, LANDING_OTHER, LANDING_STACK, Landing, USER_LANDING};
 use super::{
-    Fault, SYS_EXIT, SYS_STATS, SYS_STATS_ON, SYS_TRAPS, SYS_WS_COPY, SYS_WS_SOURCE, faults,
-    paging, working_set,
+    Fault, SYS_EXIT, SYS_STACK_USE, SYS_STATS, SYS_STATS_ON, SYS_TRAPS, SYS_WS_COPY, SYS_WS_SOURCE,
+    faults, paging, working_set,
 };
 
 /// Kernel side of every user trap; returns a `STATUS_*`. Called by the trap
@@ -60,6 +60,8 @@ fn syscall(k: &mut KState, rip: u64) -> u64 {
         }
         SYS_WS_COPY => working_set::copy_out(k),
         SYS_WS_SOURCE => working_set::note_source(k),
+        // SAFETY: kernel mode; reads of the kernel's own stacks.
+        SYS_STACK_USE => unsafe { super::stack_high_water(arg) },
         _ => return deliver(k, Fault::Other { vector: 6, rip }),
     };
     k.user[0] = answer;
