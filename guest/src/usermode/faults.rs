@@ -10,11 +10,13 @@ use super::kpage::{Entry, KState, kpage_addr};
 use super::{Fault, USTACK_TOP, paging, working_set};
 
 /// The regions open to user mode, from the kernel page.
-pub fn regions(k: &KState) -> UserRegions {
+pub fn regions() -> UserRegions {
+    // SAFETY: kernel mode (this module's); a read.
+    let image = unsafe { super::kpage::image() };
     UserRegions {
         kernel_page: kpage_addr(),
-        arena: k.arena,
-        stack_limit: k.ustack_limit,
+        arena: image.arena,
+        stack_limit: image.ustack_limit,
         stack_top: USTACK_TOP,
     }
 }
@@ -26,19 +28,21 @@ pub fn user_page_fault(k: &mut KState, addr: u64) -> Result<Entry, Fault> {
     let rip = k.frame[0];
     let fault = PageFault { addr, err: k.err };
     let access = Fault::Access { addr, rip };
-    let regions = regions(k);
+    let regions = regions();
     // Before any walk: a walk opens the levels it passes.
     if !regions.allows(addr) {
         return Err(access);
     }
     let leaf = if fault.present() {
-        paging::open_walk(k, addr)
+        paging::open_walk(addr)
     } else {
         None
     };
     // SAFETY: a live leaf entry.
     let v = leaf.map(|e| unsafe { e.read_volatile() });
-    let decision = decide(fault, &regions, k.heap, v, || paging::recorded(k, addr));
+    // SAFETY: kernel mode; a read.
+    let heap = unsafe { super::kpage::image() }.heap;
+    let decision = decide(fault, &regions, heap, v, || paging::recorded(addr));
     if matches!(decision, Decision::Open | Decision::CopyOnWrite) {
         working_set::record(k, addr, decision);
     }
@@ -56,7 +60,7 @@ pub fn user_page_fault(k: &mut KState, addr: u64) -> Result<Entry, Fault> {
         }
         Decision::MapZeroed(perms) => {
             // SAFETY: kernel mode; the page was not present.
-            if unsafe { paging::map_zeroed(addr, perms) } && paging::open_walk(k, addr).is_some() {
+            if unsafe { paging::map_zeroed(addr, perms) } && paging::open_walk(addr).is_some() {
                 Ok(Entry::Zero)
             } else {
                 Err(access)
