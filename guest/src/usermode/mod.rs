@@ -274,12 +274,15 @@ pub fn call_begins(generation: u64) {
     let k = unsafe { kpage::kpage() };
     // SAFETY: kernel mode; a read.
     let image = unsafe { kpage::image() };
-    // (The generation's address is known once user mode is set up.)
-    let restored = image.enabled
-        && paging::restored(k).is_some_and(|snapshot_generation| {
-            after_restore(snapshot_generation);
-            true
-        });
+    let prepared = if image.enabled {
+        paging::prepare_copies(k)
+    } else {
+        None
+    };
+    let restored = prepared.is_some();
+    if let Some(p) = prepared {
+        after_restore(p);
+    }
     // SAFETY: as above (`after_restore`'s references are over).
     let k = unsafe { kpage::kpage() };
     paging::published_generation().store(generation, Ordering::Relaxed);
@@ -311,17 +314,15 @@ pub fn call_begins(generation: u64) {
     }
 }
 
-/// A call's start after a restore: the tables' state, the working set's
-/// replay phase, then the call page. Out of line, so that a warm call's
-/// start stays short (every instruction is emulated), and with no reference
-/// to the kernel's call state held across the phase: its kernel entries
-/// take their own.
+/// The rest of a call's start after a restore: the working set's replay
+/// phase, then the call page. Out of line, so that a warm call's start
+/// stays short (every instruction is emulated), and with no reference to
+/// the kernel page held across the phase: its kernel entries take their own.
 #[cold]
 #[inline(never)]
-fn after_restore(snapshot_generation: u64) {
+fn after_restore(p: paging::Restored) {
     // SAFETY: kernel mode at the call's start, no user run in progress.
     let k = unsafe { kpage::kpage() };
-    let p = paging::prepare_copies(k, snapshot_generation);
     let phase = working_set::replay_at_start(k, p.kpage);
     // SAFETY: as above; `k` is not used again.
     let ran = phase.is_some_and(|phase| unsafe { phase.run() });

@@ -321,17 +321,27 @@ pub fn window_leaf(k: &mut KState) -> Option<*mut u64> {
     Some(leaf)
 }
 
-/// The snapshot generation, if this is the first call since a restore or a
-/// snapshot and [`prepare_copies`] is due; `None` on a warm call.
+/// Readies a call after a restore, in kernel mode on the kernel stack:
+/// empties the #PF fast path's leaf-table cache and forgets the copy
+/// window's leaf (the tables have moved; after a restore both are zero
+/// already, as all of the call state is), and finds the kernel page's leaf
+/// for the replay phase. The caller then has the call's working set
+/// replayed and the call page readied ([`ready_call_page`]): [`CALL_PAGE`]
+/// must be writable before user mode runs, as the fast path writes it on
+/// the exception stack, where a fault of its own would overwrite the frame
+/// it runs on. `None` on a warm call.
 #[inline(always)]
-pub fn restored(k: &KState) -> Option<u64> {
+pub fn prepare_copies(k: &mut KState) -> Option<Restored> {
     // All of it holds until the next restore or snapshot, which change the
     // generation or zero the call state: a warm call pays only this check.
     // SAFETY: kernel mode; the address of the generation, set at init; the
     // metadata page is mapped for the guest's lifetime.
     let generation =
         unsafe { (super::kpage::image().generation_gva as *const u64).read_volatile() };
-    (k.prepared != generation.wrapping_add(1)).then_some(generation)
+    if k.prepared == generation.wrapping_add(1) {
+        return None;
+    }
+    Some(prepare_copies_now(k, generation))
 }
 
 /// What [`prepare_copies`] found of the kernel page, for the replay phase:
@@ -340,17 +350,8 @@ pub struct Restored {
     pub kpage: Option<(u64, *mut u64)>,
 }
 
-/// Readies a call after a restore (see [`restored`]), in kernel mode on the
-/// kernel stack: empties the #PF fast path's leaf-table cache and forgets
-/// the copy window's leaf (the tables have moved; after a restore both are
-/// zero already, as all of the call state is), and finds the kernel page's
-/// leaf for the replay phase. The caller then has the call's working set
-/// replayed and the call page readied ([`ready_call_page`]): [`CALL_PAGE`]
-/// must be writable before user mode runs, as the fast path writes it on
-/// the exception stack, where a fault of its own would overwrite the frame
-/// it runs on.
-#[inline(always)]
-pub fn prepare_copies(k: &mut KState, generation: u64) -> Restored {
+#[cold]
+fn prepare_copies_now(k: &mut KState, generation: u64) -> Restored {
     let kpage = super::kpage::kpage_addr();
     let kpage_table = leaf_table(kpage);
     let kpage_leaf = kpage_table.and_then(|t| leaf_in(t, kpage));
