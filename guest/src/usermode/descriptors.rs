@@ -4,7 +4,7 @@
 use core::arch::asm;
 
 use super::entry::*;
-use super::kpage::KImage;
+use super::kpage::KState;
 
 /// Installs the GDT (hyperlight's kernel entries plus user data and code)
 /// on the kernel page, and points the IDT's gates at our vectors.
@@ -12,7 +12,7 @@ use super::kpage::KImage;
 /// # Safety
 /// Kernel mode, single vCPU, once, before user mode is entered; the live
 /// GDT and IDT are hyperlight-guest-bin's valid tables.
-pub unsafe fn install(k: &mut KImage) {
+pub unsafe fn install(k: &mut KState) {
     // SAFETY: the caller's contract; the writes keep both tables valid
     // (copied kernel entries plus two ring-3 entries; the IDT gates keep
     // selector, IST and type).

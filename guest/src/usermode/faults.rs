@@ -10,13 +10,11 @@ use super::kpage::{Entry, KState, kpage_addr};
 use super::{Fault, USTACK_TOP, paging, working_set};
 
 /// The regions open to user mode, from the kernel page.
-pub fn regions() -> UserRegions {
-    // SAFETY: kernel mode (this module's); a read.
-    let image = unsafe { super::kpage::image() };
+pub fn regions(k: &KState) -> UserRegions {
     UserRegions {
         kernel_page: kpage_addr(),
-        arena: image.arena,
-        stack_limit: image.ustack_limit,
+        arena: k.arena,
+        stack_limit: k.ustack_limit,
         stack_top: USTACK_TOP,
     }
 }
@@ -28,21 +26,19 @@ pub fn user_page_fault(k: &mut KState, addr: u64) -> Result<Entry, Fault> {
     let rip = k.frame[0];
     let fault = PageFault { addr, err: k.err };
     let access = Fault::Access { addr, rip };
-    let regions = regions();
+    let regions = regions(k);
     // Before any walk: a walk opens the levels it passes.
     if !regions.allows(addr) {
         return Err(access);
     }
     let leaf = if fault.present() {
-        paging::open_walk(addr)
+        paging::open_walk(k, addr)
     } else {
         None
     };
     // SAFETY: a live leaf entry.
     let v = leaf.map(|e| unsafe { e.read_volatile() });
-    // SAFETY: kernel mode; a read.
-    let heap = unsafe { super::kpage::image() }.heap;
-    let decision = decide(fault, &regions, heap, v, || paging::recorded(addr));
+    let decision = decide(fault, &regions, k.heap, v, || paging::recorded(k, addr));
     if matches!(decision, Decision::Open | Decision::CopyOnWrite) {
         working_set::record(k, addr, decision);
     }
@@ -60,7 +56,7 @@ pub fn user_page_fault(k: &mut KState, addr: u64) -> Result<Entry, Fault> {
         }
         Decision::MapZeroed(perms) => {
             // SAFETY: kernel mode; the page was not present.
-            if unsafe { paging::map_zeroed(addr, perms) } && paging::open_walk(addr).is_some() {
+            if unsafe { paging::map_zeroed(addr, perms) } && paging::open_walk(k, addr).is_some() {
                 Ok(Entry::Zero)
             } else {
                 Err(access)

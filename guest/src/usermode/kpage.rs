@@ -54,29 +54,26 @@ pub const ENTRY_KINDS: usize = hyperlight_js_abi::KERNEL_ENTRY_KINDS.len();
 /// Count and TSC cycles spent in the kernel's handler, per kind of entry.
 pub type EntryStats = [[u64; 2]; ENTRY_KINDS];
 
-/// The kernel's image state: what `init` sets up and every call reads, on
-/// one supervisor-only page of the image (its alignment makes it exactly one
-/// page, which never gets the user bit; see
-/// `hyperlight_js_guest_mm::UserRegions`). Nothing writes it after the
-/// snapshot but the rare system calls that change it (`SYS_STATS_ON`,
-/// `SYS_WS_SOURCE`), so after a restore it stays the snapshot's shared page:
-/// no copy at a call's start (a copy of its live part cost ~70 emulated
-/// instructions, ~0.1 ms, after every restore).
+/// The kernel's state. The alignment makes it exactly one page, which never
+/// gets the user bit (see `hyperlight_js_guest_mm::UserRegions`).
 #[repr(C, align(4096))]
-pub struct KImage {
+pub struct KState {
     pub gdt: [u64; 8],
     pub ustack_limit: u64,
+    /// Kernel entries from user mode since the runtime was loaded.
+    pub traps: u64,
     /// User mode is set up: every call is served in user mode.
     pub enabled: bool,
-    /// Per-kind counting is on (`SYS_STATS_ON`): off, a call pays nothing
-    /// for it (every CPL0 instruction is emulated here). Kept by a snapshot.
-    pub stats_on: bool,
+    pub fault: Option<Fault>,
     /// The transport arena (virtqueue rings, pools, mailbox): user mode
     /// serves calls itself, so these scratch pages are open to it.
     pub arena: [u64; 2],
     /// Scratch physical and virtual base, to read page tables without
     /// going through hyperlight's metadata reads at every level.
     pub scratch: [u64; 2],
+    /// The copy window's leaf entry (0 until a copy needs it), and the
+    /// snapshot generation both it and the call-start work are done for.
+    pub window: [u64; 2],
     /// The heap, where a read fault on a copy-on-write page copies it at once.
     pub heap: [u64; 2],
     /// Scratch virtual minus physical base (wrapping), for the fast path's walk.
@@ -86,40 +83,23 @@ pub struct KImage {
     pub alloc_gva: u64,
     pub alloc_limit: u64,
     pub generation_gva: u64,
-    /// Where the first call after a restore of this snapshot arrives: its
-    /// receive buffer in the arena and the buffer's capacity, then the
-    /// buffer the second call arrives in (noted at the checkpoint before
-    /// the snapshot, `SYS_WS_SOURCE`).
-    pub first_msg: [u64; 3],
-}
-
-const _: () = assert!(core::mem::size_of::<KImage>() == 4096);
-
-/// The kernel's call state: everything the kernel writes as it serves
-/// calls, on the page of hyperlight's reserved scratch pages at
-/// [`KSTATE_GVA`]. A restore zeroes scratch, so after one every field here
-/// is zero, which each must read as its state before any call: no counts,
-/// nothing prepared, nothing recorded, no cached tables (and `fault` is
-/// written before it is read). The trap path's assembly reaches it at its
-/// fixed address.
-#[repr(C, align(4096))]
-pub struct KState {
-    /// Kernel entries from user mode since the last restore.
-    pub traps: u64,
-    /// The fault that ended the last user run, if one did (set before every
-    /// run; zero bytes are a valid value, not one ever read).
-    pub fault: Option<Fault>,
-    /// The copy window's leaf entry (0 until a copy needs it), and the
-    /// snapshot generation it is valid for.
-    pub window: [u64; 2],
-    /// The snapshot generation plus one that the call-start work after a
-    /// restore was done for; 0, as a restore leaves it, for none.
-    pub prepared: u64,
+    /// Per-kind counting is on (`SYS_STATS_ON`): off, a call pays nothing
+    /// for it (every CPL0 instruction is emulated here).
+    pub stats_on: bool,
     /// Recording the pages opened and copied for user mode: on in the
     /// first call after a restore that replayed no working set.
     pub ws_on: bool,
     /// The recorded working set's length (entries in [`KState::ws`]).
     pub ws_len: u64,
+    /// Where the first call after a restore of this snapshot arrives: its
+    /// receive buffer in the arena and the buffer's capacity, then the
+    /// buffer the second call arrives in (noted at the checkpoint before
+    /// the snapshot, `SYS_WS_SOURCE`).
+    pub first_msg: [u64; 3],
+    // ---- Dead at a call's start after a restore: each field below is
+    // written before it is read in every call (or, for the statistics, only
+    // loses the counts of the call before the restore), so the page's copy
+    // then stops here ([`LIVE`]).
     pub kernel_rsp: u64,
     /// User GPRs at the trap: rax, rbx, rcx, rdx, rsi, rdi, rbp, r8..r15.
     pub user: [u64; 15],
@@ -148,68 +128,61 @@ pub struct KState {
     pub ws: [u64; MAX_PAGES],
 }
 
+/// The bytes of the kernel page that must survive its copy-on-write at the
+/// first call after a restore: the fields before `kernel_rsp`; the rest is
+/// dead then. The emulator copies a qword in ~1 µs, the whole page in ~0.5 ms.
+pub const LIVE: u64 = offset_of!(KState, kernel_rsp) as u64;
+const _: () = assert!(LIVE.is_multiple_of(8) && LIVE < 512);
+
 /// Entries of [`KState::leaf_tables`] (a power of two).
 pub const LEAF_TABLES: usize = 8;
 const _: () = assert!(core::mem::size_of::<KState>() == 4096);
 
-/// Where [`KState`] lives: the page of hyperlight's reserved scratch pages
-/// just above the kernel stack (see `usermode::STACKS`).
-pub const KSTATE_GVA: u64 = super::KERNEL_STACK_TOP;
-/// [`KSTATE_GVA`] as the assembly's absolute address (the top 2 GiB of the
-/// address space: a sign-extended 32-bit displacement).
-pub const KSTATE_ABS: i64 = KSTATE_GVA as i64;
-const _: () = assert!(KSTATE_ABS >= i32::MIN as i64 && KSTATE_ABS.is_negative());
-
 // With the other page-aligned statics, so that none splits the small
 // statics a call writes across more pages (each costs a copy per call).
 #[unsafe(link_section = ".data.hljs_page_aligned")]
-pub(crate) static mut KPAGE: KImage = KImage {
+pub(crate) static mut KPAGE: KState = KState {
     gdt: [0; 8],
     ustack_limit: 0,
+    traps: 0,
     enabled: false,
-    stats_on: false,
+    fault: None,
     arena: [0; 2],
     scratch: [0; 2],
+    // No generation yet: the first call prepares as after a restore.
+    window: [0, u64::MAX],
     heap: [0; 2],
     scratch_delta: 0,
     alloc_gva: 0,
     alloc_limit: 0,
     generation_gva: 0,
+    stats_on: false,
+    ws_on: false,
+    ws_len: 0,
     first_msg: [0; 3],
+    kernel_rsp: 0,
+    user: [0; 15],
+    vector: 0,
+    err: 0,
+    frame: [0; 5],
+    call_start: 0,
+    stats: [[0; 2]; ENTRY_KINDS],
+    last_stats: [[0; 2]; ENTRY_KINDS],
+    replayed: [0; 2],
+    leaf_tables: [[0; 2]; LEAF_TABLES],
+    ws: [0; MAX_PAGES],
 };
 
-/// The kernel's call state, the one way to reach it from Rust (the trap
-/// path's assembly reaches it at [`KSTATE_ABS`], see `entry.rs`).
+/// The kernel page, the one way to reach it from Rust (the trap path's
+/// assembly reaches it by symbol, see `entry.rs`).
 ///
 /// # Safety
 /// Kernel mode only, and no other reference it returned is live: the
 /// kernel runs on one vCPU, a user trap takes one reference for its whole
 /// handling and passes it down, and the kernel's own faults never touch it.
 pub unsafe fn kpage() -> &'static mut KState {
-    // SAFETY: the caller's contract makes this the only live reference; the
-    // page is mapped, writable scratch for the guest's lifetime.
-    unsafe { &mut *(KSTATE_GVA as *mut KState) }
-}
-
-/// The kernel's image state, to read.
-///
-/// # Safety
-/// Kernel mode only (user mode faults on the page), and no reference from
-/// [`image_mut`] is live.
-pub unsafe fn image() -> &'static KImage {
-    let page = &raw const KPAGE;
-    // SAFETY: the caller's contract.
-    unsafe { &*page }
-}
-
-/// The kernel's image state, to change: at init, and for the rare system
-/// calls that change it (a write after a restore costs the page's copy).
-///
-/// # Safety
-/// Kernel mode only, and no other reference to it is live.
-pub unsafe fn image_mut() -> &'static mut KImage {
     let page = &raw mut KPAGE;
-    // SAFETY: the caller's contract.
+    // SAFETY: the caller's contract makes this the only live reference.
     unsafe { &mut *page }
 }
 
@@ -219,27 +192,25 @@ pub fn kpage_addr() -> u64 {
     (&raw const KPAGE) as u64
 }
 
-// Offsets for the assembly: of the image state, at the symbol `KPAGE`...
-pub const K_ENABLED: usize = offset_of!(KImage, enabled);
-pub const K_SCRATCH_GPA: usize = offset_of!(KImage, scratch);
-pub const K_SCRATCH_DELTA: usize = offset_of!(KImage, scratch_delta);
-pub const K_STATS_ON: usize = offset_of!(KImage, stats_on);
-pub const K_USTACK_LIMIT: usize = offset_of!(KImage, ustack_limit);
-pub const K_ARENA: usize = offset_of!(KImage, arena);
-pub const K_HEAP: usize = offset_of!(KImage, heap);
-pub const K_GENERATION_GVA: usize = offset_of!(KImage, generation_gva);
-pub const K_ALLOC_GVA: usize = offset_of!(KImage, alloc_gva);
-pub const K_ALLOC_LIMIT: usize = offset_of!(KImage, alloc_limit);
-// ...and of the call state, at `KSTATE_ABS`.
 pub const K_RSP: usize = offset_of!(KState, kernel_rsp);
+pub const K_ENABLED: usize = offset_of!(KState, enabled);
 pub const K_USER: usize = offset_of!(KState, user);
 pub const K_VECTOR: usize = offset_of!(KState, vector);
 pub const K_ERR: usize = offset_of!(KState, err);
 pub const K_FRAME: usize = offset_of!(KState, frame);
+pub const K_SCRATCH_GPA: usize = offset_of!(KState, scratch);
+pub const K_SCRATCH_DELTA: usize = offset_of!(KState, scratch_delta);
 pub const K_TRAPS: usize = offset_of!(KState, traps);
+pub const K_STATS_ON: usize = offset_of!(KState, stats_on);
 pub const K_OPENED: usize = offset_of!(KState, stats) + 16 * Entry::OpenFast as usize;
 pub const K_COPIED: usize = offset_of!(KState, stats) + 16 * Entry::CopyFast as usize;
+pub const K_USTACK_LIMIT: usize = offset_of!(KState, ustack_limit);
+pub const K_ARENA: usize = offset_of!(KState, arena);
+pub const K_HEAP: usize = offset_of!(KState, heap);
 pub const K_WINDOW: usize = offset_of!(KState, window);
+pub const K_GENERATION_GVA: usize = offset_of!(KState, generation_gva);
+pub const K_ALLOC_GVA: usize = offset_of!(KState, alloc_gva);
+pub const K_ALLOC_LIMIT: usize = offset_of!(KState, alloc_limit);
 pub const K_WS_ON: usize = offset_of!(KState, ws_on);
 pub const K_WS_LEN: usize = offset_of!(KState, ws_len);
 pub const K_WS: usize = offset_of!(KState, ws);

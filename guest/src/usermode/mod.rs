@@ -24,9 +24,7 @@
 //! relies on lives in user-writable memory, and it never uses the heap.
 //! The kernel's pages (page tables, IDT/GDT/TSS, kernel and exception stacks,
 //! scratch metadata, this module's state) never get the user bit: JS in user
-//! mode cannot read or write them, a second privilege boundary inside the VM.
-//!
-//! The module by concern: `kpage` (the kernel's state and its one
+//! mode cannot read or write them, a second privilege boundary inside the VM.//! The module by concern: `kpage` (the kernel's state and its one
 //! accessor), `descriptors` (GDT and IDT), `entry` (the privilege switch,
 //! assembly), `traps` (what the kernel does for a user trap), `faults` and
 //! `paging` (page faults and page-table work, with the rules themselves in
@@ -83,15 +81,13 @@ pub const SYS_STACK_USE: u64 = 6;
 /// its allocator never hands out. A restore zeroes scratch, so the stack's
 /// first use after one costs KVM a shadow fault and the guest no
 /// copy-on-write; it is outside every region user mode may touch. The
-/// kernel's call state (`kpage::KState`) takes the page above it, for the
-/// same reasons; the exception stack grows down from the top of the same
-/// pages and keeps the rest (the kernel's own faults run there, a few
-/// hundred bytes deep).
-const KERNEL_STACK_PAGES: u64 = 3;
+/// exception stack grows down from the top of the same pages and keeps the
+/// rest (the kernel's own faults run there, a few hundred bytes deep).
+const KERNEL_STACK_PAGES: u64 = 4;
 const RESERVED_PAGES: u64 = hyperlight_common::layout::SCRATCH_TOP_RESERVED_PAGES as u64;
 const _: () = assert!(
-    RESERVED_PAGES >= KERNEL_STACK_PAGES + 1 + 4,
-    "the exception stack keeps at least four pages above the kernel stack and its state"
+    RESERVED_PAGES >= KERNEL_STACK_PAGES + 4,
+    "the exception stack keeps at least four pages above the kernel stack"
 );
 /// Top of the kernel stack, where every call from the host starts once user
 /// mode is on (`dispatch::hljs_dispatch`); its lowest page is the first one
@@ -99,16 +95,15 @@ const _: () = assert!(
 pub(crate) const KERNEL_STACK_TOP: u64 = hyperlight_common::layout::SCRATCH_TOP_GVA as u64 + 1
     - (RESERVED_PAGES - KERNEL_STACK_PAGES) * PAGE_SIZE;
 
-/// The kernel stack and the exception stack above the kernel's call state,
-/// `[low, high)`: the latter ends below the metadata hyperlight keeps at the
-/// top of scratch.
+/// The kernel stack and the exception stack above it, `[low, high)`: the
+/// latter ends below the metadata hyperlight keeps at the top of scratch.
 const STACKS: [[u64; 2]; 2] = [
     [
         KERNEL_STACK_TOP - KERNEL_STACK_PAGES * PAGE_SIZE,
         KERNEL_STACK_TOP,
     ],
     [
-        kpage::KSTATE_GVA + PAGE_SIZE,
+        KERNEL_STACK_TOP,
         hyperlight_common::layout::SCRATCH_TOP_GVA as u64 + 1
             - hyperlight_common::layout::SCRATCH_TOP_EXN_STACK_OFFSET,
     ],
@@ -190,7 +185,7 @@ pub fn enabled() -> bool {
 /// Kernel mode only.
 pub fn kernel_enabled() -> bool {
     // SAFETY: kernel mode (this function's contract); a read.
-    unsafe { kpage::image() }.enabled
+    unsafe { kpage::kpage() }.enabled
 }
 
 /// Sets up user mode once, before the runtime's snapshot: ring-3 segments,
@@ -202,7 +197,7 @@ pub fn init(stack_size: u64) {
     // SAFETY: kernel mode, single vCPU, before user mode exists: the only
     // reference to the kernel page, and the descriptor tables are
     // hyperlight-guest-bin's.
-    let k = unsafe { kpage::image_mut() };
+    let k = unsafe { kpage::kpage() };
     // SAFETY: as above.
     unsafe { descriptors::install(k) };
     k.ustack_limit = USTACK_TOP - stack_size.next_multiple_of(PAGE_SIZE);
@@ -272,9 +267,8 @@ pub fn last_call_entries(kind: Entry) -> (u64, u64) {
 pub fn call_begins(generation: u64) {
     // SAFETY: kernel mode, single vCPU, no user run in progress.
     let k = unsafe { kpage::kpage() };
-    // SAFETY: kernel mode; a read.
-    let image = unsafe { kpage::image() };
-    let prepared = if image.enabled {
+    // Before the first write to the kernel page.
+    let prepared = if k.enabled {
         paging::prepare_copies(k)
     } else {
         None
@@ -296,12 +290,12 @@ pub fn call_begins(generation: u64) {
     let list = k.replayed[0];
     k.ws_on = restored && list != working_set::LIST_EMPTY;
     if k.ws_on && list == working_set::LIST_NONE {
-        k.ws[0] = hyperlight_js_guest_mm::page_of(image.first_msg[2]);
-        k.ws_len = u64::from(image.first_msg[2] != 0);
+        k.ws[0] = hyperlight_js_guest_mm::page_of(k.first_msg[2]);
+        k.ws_len = u64::from(k.first_msg[2] != 0);
     } else if k.ws_on {
         k.ws_len = 0;
     }
-    if image.stats_on {
+    if k.stats_on {
         k.last_stats = k.stats;
         k.stats = [[0; 2]; ENTRY_KINDS];
         // The replay phase's exit was counted before the rotation above: it
@@ -329,7 +323,7 @@ fn after_restore(p: paging::Restored) {
     // SAFETY: kernel mode; the phase is over: the one reference again.
     let k = unsafe { kpage::kpage() };
     k.replayed[1] = u64::from(ran);
-    paging::ready_call_page(p.kpage, ran);
+    paging::ready_call_page(k, p.kpage, ran);
 }
 
 /// The snapshot generation of the current call, as the kernel published it.

@@ -29,9 +29,8 @@ fn entry_at(scratch: [u64; 2], table: u64, va: u64, level: u32) -> Option<*mut u
     Some(unsafe { t.add(pte::index(va, level)) })
 }
 
-fn entry_in(table: u64, va: u64, level: u32) -> Option<*mut u64> {
-    // SAFETY: kernel mode (this module's); a read.
-    entry_at(unsafe { super::kpage::image() }.scratch, table, va, level)
+fn entry_in(k: &KState, table: u64, va: u64, level: u32) -> Option<*mut u64> {
+    entry_at(k.scratch, table, va, level)
 }
 
 pub fn cr3() -> u64 {
@@ -44,12 +43,10 @@ pub fn cr3() -> u64 {
 /// The entry that points at the leaf table of `va`, with the user bit set
 /// on the levels above the leaves; `None` if a level above is missing or a
 /// large page. Every page in the same 2 MiB shares it.
-pub fn leaf_table(va: u64) -> Option<u64> {
-    // SAFETY: kernel mode (this module's); a read.
-    let scratch = unsafe { super::kpage::image() }.scratch;
+pub fn leaf_table(k: &KState, va: u64) -> Option<u64> {
     let mut table = cr3();
     for level in 0..LEVELS - 1 {
-        let e = entry_at(scratch, table, va, level)?;
+        let e = entry_in(k, table, va, level)?;
         // SAFETY: `e` points into a live page table in scratch memory.
         let v = unsafe { e.read_volatile() };
         if pte::upper(v) != Upper::Descend {
@@ -66,20 +63,20 @@ pub fn leaf_table(va: u64) -> Option<u64> {
 }
 
 /// The leaf entry of `va` in the leaf table `table` (from [`leaf_table`]).
-pub fn leaf_in(table: u64, va: u64) -> Option<*mut u64> {
-    entry_in(table, va, LEVELS - 1)
+pub fn leaf_in(k: &KState, table: u64, va: u64) -> Option<*mut u64> {
+    entry_in(k, table, va, LEVELS - 1)
 }
 
 /// The leaf entry for `va`, present or not, with the user bit set on the
 /// levels above it; `None` if a level above is missing or a large page.
-pub fn leaf_entry(va: u64) -> Option<*mut u64> {
-    leaf_in(leaf_table(va)?, va)
+pub fn leaf_entry(k: &KState, va: u64) -> Option<*mut u64> {
+    leaf_in(k, leaf_table(k, va)?, va)
 }
 
 /// Walks the tables for `va`, setting the user bit on every level. Returns
 /// the leaf entry, or `None` if some level is not present.
-pub fn open_walk(va: u64) -> Option<*mut u64> {
-    open_leaf(leaf_entry(va)?)
+pub fn open_walk(k: &KState, va: u64) -> Option<*mut u64> {
+    open_leaf(leaf_entry(k, va)?)
 }
 
 /// Sets the user bit on the leaf entry `e` if it is present; `None` if not.
@@ -97,8 +94,8 @@ pub fn open_leaf(e: *mut u64) -> Option<*mut u64> {
 }
 
 /// Whether the page of `va` is mapped and writable (at once or by copy on write).
-pub fn writable_page(va: u64) -> bool {
-    open_walk(va).is_some_and(|leaf| {
+pub fn writable_page(k: &KState, va: u64) -> bool {
+    open_walk(k, va).is_some_and(|leaf| {
         // SAFETY: a live leaf entry.
         let v = unsafe { leaf.read_volatile() };
         v & (RW | pte::COW) != 0
@@ -108,8 +105,8 @@ pub fn writable_page(va: u64) -> bool {
 /// How hyperlight records the page of `va` (a zero-fill page, copy-on-write…),
 /// read from its leaf entry: the upper levels are opened on the way (the
 /// caller has checked that user mode may have `va`).
-pub fn recorded(va: u64) -> Recorded {
-    recorded_at(leaf_entry(va))
+pub fn recorded(k: &KState, va: u64) -> Recorded {
+    recorded_at(leaf_entry(k, va))
 }
 
 /// How hyperlight records the page whose leaf entry is `leaf` (from a walk).
@@ -151,9 +148,7 @@ fn fresh_page() -> Option<(u64, *mut u8)> {
 /// own `alloc_phys_pages` does (one vCPU, and no fault can come between the
 /// read and the write: the kernel page and the allocator's are mapped), and
 /// where the kernel sees it; `None` when the allocator is spent. Kernel mode.
-pub fn bump_page() -> Option<(u64, *mut u8)> {
-    // SAFETY: kernel mode; a read.
-    let k = unsafe { super::kpage::image() };
+pub fn bump_page(k: &KState) -> Option<(u64, *mut u8)> {
     let next = k.alloc_gva as *mut u64;
     // SAFETY: the allocator's pointer, in scratch metadata mapped for the
     // guest's lifetime (noted at init).
@@ -292,7 +287,7 @@ pub fn window_leaf(k: &mut KState) -> Option<*mut u64> {
     if k.window[0] != 0 && k.window[1] == generation {
         return Some(k.window[0] as *mut u64);
     }
-    let leaf = match leaf_entry(COPY_WINDOW) {
+    let leaf = match leaf_entry(k, COPY_WINDOW) {
         Some(leaf) => leaf,
         None => {
             let (pa, _) = fresh_page()?;
@@ -309,7 +304,7 @@ pub fn window_leaf(k: &mut KState) -> Option<*mut u64> {
                     }),
                 )
             };
-            leaf_entry(COPY_WINDOW)?
+            leaf_entry(k, COPY_WINDOW)?
         }
     };
     // SAFETY: a live leaf entry; the window starts closed.
@@ -321,24 +316,23 @@ pub fn window_leaf(k: &mut KState) -> Option<*mut u64> {
     Some(leaf)
 }
 
-/// Readies a call after a restore, in kernel mode on the kernel stack:
+/// Readies a call after a restore, in kernel mode on the kernel stack,
+/// before the kernel page is written: copies the kernel page, which the
+/// kernel writes at every call, at once rather than by a kernel fault;
 /// empties the #PF fast path's leaf-table cache and forgets the copy
-/// window's leaf (the tables have moved; after a restore both are zero
-/// already, as all of the call state is), and finds the kernel page's leaf
-/// for the replay phase. The caller then has the call's working set
-/// replayed and the call page readied ([`ready_call_page`]): [`CALL_PAGE`]
-/// must be writable before user mode runs, as the fast path writes it on
-/// the exception stack, where a fault of its own would overwrite the frame
-/// it runs on. `None` on a warm call.
+/// window's leaf (the tables have moved). The caller then has the call's
+/// working set replayed and the call page readied ([`ready_call_page`]):
+/// [`CALL_PAGE`] must be writable before user mode runs, as the fast path
+/// writes it on the exception stack, where a fault of its own would
+/// overwrite the frame it runs on. `None` on a warm call.
 #[inline(always)]
 pub fn prepare_copies(k: &mut KState) -> Option<Restored> {
     // All of it holds until the next restore or snapshot, which change the
-    // generation or zero the call state: a warm call pays only this check.
-    // SAFETY: kernel mode; the address of the generation, set at init; the
-    // metadata page is mapped for the guest's lifetime.
-    let generation =
-        unsafe { (super::kpage::image().generation_gva as *const u64).read_volatile() };
-    if k.prepared == generation.wrapping_add(1) {
+    // generation: a warm call pays only this check.
+    // SAFETY: the address of the generation, set at init; the metadata page
+    // is mapped for the guest's lifetime.
+    let generation = unsafe { (k.generation_gva as *const u64).read_volatile() };
+    if k.window[1] == generation {
         return None;
     }
     Some(prepare_copies_now(k, generation))
@@ -353,19 +347,15 @@ pub struct Restored {
 #[cold]
 fn prepare_copies_now(k: &mut KState, generation: u64) -> Restored {
     let kpage = super::kpage::kpage_addr();
-    let kpage_table = leaf_table(kpage);
-    let kpage_leaf = kpage_table.and_then(|t| leaf_in(t, kpage));
-    // A snapshot taken without a restore moves the tables but keeps the
-    // call state: only then is there anything to forget.
-    if k.prepared != 0 {
-        for t in &mut k.leaf_tables {
-            t[0] = 0;
-        }
+    let kpage_table = leaf_table(k, kpage);
+    let kpage_leaf = kpage_table.and_then(|t| leaf_in(k, t, kpage));
+    copy_if_shared(kpage_leaf, kpage, super::kpage::LIVE);
+    for t in &mut k.leaf_tables {
+        t[0] = 0;
     }
     // The copy window's leaf is found at the first copy that needs it (a
     // call whose working set is replayed has none).
     k.window = [0, generation];
-    k.prepared = generation.wrapping_add(1);
     Restored {
         kpage: kpage_table.zip(kpage_leaf),
     }
@@ -374,15 +364,15 @@ fn prepare_copies_now(k: &mut KState, generation: u64) -> Restored {
 /// Readies [`CALL_PAGE`] for the call after a restore, unless the replay
 /// phase did (`phase_ran`): user mode reads it in every call, so it is
 /// opened with its copy, as the fault for that read would open it.
-pub fn ready_call_page(kpage: Option<(u64, *mut u64)>, phase_ran: bool) {
+pub fn ready_call_page(k: &mut KState, kpage: Option<(u64, *mut u64)>, phase_ran: bool) {
     let va = (&raw const CALL_PAGE) as u64;
     if !phase_ran {
         // A static of the image, in the kernel page's 2 MiB region as it is.
         let table = match kpage {
             Some((table, _)) if va >> 21 == super::kpage::kpage_addr() >> 21 => Some(table),
-            _ => leaf_table(va),
+            _ => leaf_table(k, va),
         };
-        if let Some(leaf) = table.and_then(|t| leaf_in(t, va)) {
+        if let Some(leaf) = table.and_then(|t| leaf_in(k, t, va)) {
             open_leaf(leaf);
             copy_if_shared(Some(leaf), va, CALL_PAGE_LIVE);
             // SAFETY: kernel mode; drops what the TLB holds for the page.

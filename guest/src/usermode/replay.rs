@@ -124,10 +124,15 @@ impl Phase {
     /// Every instruction here is emulated: the walk is the table
     /// arithmetic itself, once, rather than a walk per page.
     #[inline(always)]
-    pub fn set_up(table: u64, kpage: *mut u64, list: u64, n: u64, copies: u64) -> Option<Self> {
-        // SAFETY: kernel mode (the caller's); a read.
-        let image = unsafe { super::kpage::image() };
-        let [scratch_gpa, scratch_gva] = image.scratch;
+    pub fn set_up(
+        k: &mut KState,
+        table: u64,
+        kpage: *mut u64,
+        list: u64,
+        n: u64,
+        copies: u64,
+    ) -> Option<Self> {
+        let [scratch_gpa, scratch_gva] = k.scratch;
         let dirs = (&raw const DIRECTORIES) as u64;
         let code = hljs_user_replay as *const () as u64;
         let region = super::kpage::kpage_addr() >> 21;
@@ -154,23 +159,13 @@ impl Phase {
                 kpage.read_volatile() & pte::ADDR,
             )
         };
-        // The image state, read by the phase for its bounds: in the
-        // snapshot's memory (read-only, through its window) unless written
-        // since the restore.
-        let kstate = if kstate >= scratch_gpa {
-            kstate + TO_WINDOW
-        } else if kstate < GIB {
-            kstate + SNAP_WINDOW
-        } else {
-            return None;
-        };
-        if !free || snap_dir & scratch_dir & code_leaf & PRESENT == 0 {
+        if !free || snap_dir & scratch_dir & code_leaf & PRESENT == 0 || kstate < scratch_gpa {
             return None;
         }
         // The table of 1 GiB entries: a fresh page (above hyperlight's
         // allocator pointer pages are zero: scratch is zeroed at every
         // restore and the allocator only bumps).
-        let (pdpt_pa, pdpt) = paging::bump_page()?;
+        let (pdpt_pa, pdpt) = paging::bump_page(k)?;
         // SAFETY: the phase's code page opened as a fault would open it; a
         // whole unused scratch page at `pdpt`.
         unsafe {
@@ -187,8 +182,8 @@ impl Phase {
         // (`copies` as the list says, and the call page), within what it
         // reserves (see the assembly).
         // SAFETY: the allocator's pointer (noted at init).
-        let next = unsafe { (image.alloc_gva as *const u64).read_volatile() };
-        let room = image
+        let next = unsafe { (k.alloc_gva as *const u64).read_volatile() };
+        let room = k
             .alloc_limit
             .saturating_sub(next + RESERVE_PAGES * PAGE_SIZE)
             / PAGE_SIZE;
@@ -201,8 +196,13 @@ impl Phase {
             slot,
             pdpt: pdpt_pa | PRESENT | RW | USER,
             code,
-            args: [list_window, list_window + 8 * n, kstate, root_pa],
-            touch: (next.wrapping_add(image.scratch_delta), pages),
+            args: [
+                list_window,
+                list_window + 8 * n,
+                kstate + TO_WINDOW,
+                root_pa,
+            ],
+            touch: (next.wrapping_add(k.scratch_delta), pages),
         })
     }
 
@@ -220,7 +220,7 @@ impl Phase {
         // the phase's code is in the image and uses no stack; its arguments
         // are in the windows.
         unsafe {
-            let replayed = &raw mut (*(super::kpage::KSTATE_GVA as *mut KState)).replayed;
+            let replayed = &raw mut super::kpage::KPAGE.replayed;
             replayed.write_volatile([REPLAYING, 0]);
             self.slot.write_volatile(self.pdpt);
             // The pages the phase will write, each touched once here: an

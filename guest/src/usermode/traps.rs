@@ -4,7 +4,7 @@
 use core::arch::asm;
 
 use super::entry::{STATUS_EXIT, STATUS_FAULT, STATUS_RESUME};
-use super::kpage::{self, ENTRY_KINDS, Entry, KState, kpage};
+use super::kpage::{ENTRY_KINDS, Entry, KState, kpage};
 use super::run::{LANDING_ACCESS, LANDING_OTHER, LANDING_STACK, Landing, USER_LANDING};
 use super::{
     Fault, SYS_EXIT, SYS_STACK_USE, SYS_STATS, SYS_STATS_ON, SYS_TRAPS, SYS_WS_COPY, SYS_WS_SOURCE,
@@ -19,8 +19,7 @@ pub extern "C" fn hljs_user_trap(cr2: u64) -> u64 {
     // reference to the kernel page for the whole trap.
     let k = unsafe { kpage() };
     // Sampled once: the trap that turns counting on is not counted.
-    // SAFETY: kernel mode; a read.
-    let counting = unsafe { kpage::image() }.stats_on;
+    let counting = k.stats_on;
     let t0 = if counting { tsc() } else { 0 };
     k.traps += 1;
     let rip = k.frame[0];
@@ -48,12 +47,9 @@ fn syscall(k: &mut KState, rip: u64) -> u64 {
         SYS_EXIT => return STATUS_EXIT,
         SYS_TRAPS => k.call_start,
         SYS_STATS_ON => {
-            // SAFETY: kernel mode; no other reference to the image state
-            // is live in a trap (`counting` above is a copy).
-            let image = unsafe { kpage::image_mut() };
-            let was_on = image.stats_on;
+            let was_on = k.stats_on;
             if !was_on {
-                image.stats_on = true;
+                k.stats_on = true;
                 k.stats = [[0; 2]; ENTRY_KINDS];
                 k.last_stats = [[0; 2]; ENTRY_KINDS];
             }
@@ -63,7 +59,7 @@ fn syscall(k: &mut KState, rip: u64) -> u64 {
             k.last_stats[arg as usize / 2][arg as usize % 2]
         }
         SYS_WS_COPY => working_set::copy_out(k),
-        SYS_WS_SOURCE => working_set::note_source(),
+        SYS_WS_SOURCE => working_set::note_source(k),
         // SAFETY: kernel mode; reads of the kernel's own stacks.
         SYS_STACK_USE => unsafe { super::stack_high_water(arg) },
         _ => return deliver(k, Fault::Other { vector: 6, rip }),
@@ -86,7 +82,7 @@ fn tsc() -> u64 {
 /// the host serve a host-function call, and the abort stream of a panic.
 fn emulate_out(k: &mut KState, rip: u64) -> bool {
     use hyperlight_common::outb::OutBAction;
-    if !faults::regions().contains(rip, 1) {
+    if !faults::regions(k).contains(rip, 1) {
         return false;
     }
     // SAFETY: `rip` is user memory (checked).
@@ -122,9 +118,9 @@ fn deliver(k: &mut KState, f: Fault) -> u64 {
     // that the write cannot fault into hyperlight-guest-bin's handlers.
     if at == 0
         || !at.is_multiple_of(8)
-        || !faults::regions().contains(at, size)
-        || !paging::writable_page(at)
-        || !paging::writable_page(at + size - 1)
+        || !faults::regions(k).contains(at, size)
+        || !paging::writable_page(k, at)
+        || !paging::writable_page(k, at + size - 1)
     {
         k.fault = Some(f);
         return STATUS_FAULT;

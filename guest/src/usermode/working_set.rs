@@ -62,7 +62,7 @@ pub fn record(k: &mut KState, addr: u64, decision: Decision) {
 /// the buffer is not a writable user page.
 pub fn copy_out(k: &mut KState) -> u64 {
     let buf = buffer();
-    if !paging::writable_page(buf as u64) {
+    if !paging::writable_page(k, buf as u64) {
         return 0;
     }
     let n = k.ws_len.min(MAX_PAGES as u64);
@@ -83,11 +83,8 @@ pub fn copy_out(k: &mut KState) -> u64 {
 /// `SYS_WS_SOURCE`: notes where the first call after a restore of the
 /// snapshot about to be taken arrives (the transport has just reset its
 /// queues); 0. Read by the kernel from the ring itself: user mode only says when.
-pub fn note_source() -> u64 {
-    // SAFETY: kernel mode (a system call's, or before user mode is on); no
-    // other reference to the image state is live then.
-    unsafe { super::kpage::image_mut() }.first_msg =
-        crate::transport::h2g_buffers().unwrap_or([0; 3]);
+pub fn note_source(k: &mut KState) -> u64 {
+    k.first_msg = crate::transport::h2g_buffers().unwrap_or([0; 3]);
     0
 }
 
@@ -108,8 +105,7 @@ pub fn note_source() -> u64 {
 #[inline(always)]
 pub fn replay_at_start(k: &mut KState, kpage: Option<(u64, *mut u64)>) -> Option<Phase> {
     k.replayed = [LIST_NONE, 0];
-    // SAFETY: kernel mode (the caller's); a read.
-    let [msg, cap, _] = unsafe { super::kpage::image() }.first_msg;
+    let [msg, cap, _] = k.first_msg;
     if msg == 0 {
         return None;
     }
@@ -133,7 +129,7 @@ pub fn replay_at_start(k: &mut KState, kpage: Option<(u64, *mut u64)>) -> Option
     let (table, leaf) = kpage?;
     // `n` entries at `msg + offset` lie within the buffer (`list_before`),
     // in the arena.
-    Phase::set_up(table, leaf, msg + offset, n, ws::copies_hint(trailer))
+    Phase::set_up(k, table, leaf, msg + offset, n, ws::copies_hint(trailer))
 }
 
 // ---- user side ------------------------------------------------------------
@@ -176,6 +172,7 @@ pub fn checkpointed() {
     if in_user() {
         syscall(SYS_WS_SOURCE, 0);
     } else if super::kernel_enabled() {
-        note_source();
+        // SAFETY: kernel mode, no user run in progress.
+        note_source(unsafe { super::kpage::kpage() });
     }
 }
