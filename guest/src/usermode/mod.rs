@@ -267,16 +267,13 @@ pub fn last_call_entries(kind: Entry) -> (u64, u64) {
 pub fn call_begins(generation: u64) {
     // SAFETY: kernel mode, single vCPU, no user run in progress.
     let k = unsafe { kpage::kpage() };
-    // Before the first write to the kernel page.
-    let prepared = if k.enabled {
-        paging::prepare_copies(k)
-    } else {
-        None
-    };
-    let restored = prepared.is_some();
-    if let Some(p) = prepared {
-        after_restore(p);
-    }
+    // Before the first write to the kernel page (the generation's address
+    // is known once user mode is set up).
+    let restored = k.enabled
+        && paging::restored(k).is_some_and(|snapshot_generation| {
+            after_restore(snapshot_generation);
+            true
+        });
     // SAFETY: as above (`after_restore`'s references are over).
     let k = unsafe { kpage::kpage() };
     paging::published_generation().store(generation, Ordering::Relaxed);
@@ -308,15 +305,17 @@ pub fn call_begins(generation: u64) {
     }
 }
 
-/// The rest of a call's start after a restore: the working set's replay
-/// phase, then the call page. Out of line, so that a warm call's start
-/// stays short (every instruction is emulated), and with no reference to
-/// the kernel page held across the phase: its kernel entries take their own.
+/// A call's start after a restore: the kernel page's copy, the working
+/// set's replay phase, then the call page. Out of line, so that a warm
+/// call's start stays short (every instruction is emulated), and with no
+/// reference to the kernel page held across the phase: its kernel entries
+/// take their own.
 #[cold]
 #[inline(never)]
-fn after_restore(p: paging::Restored) {
+fn after_restore(snapshot_generation: u64) {
     // SAFETY: kernel mode at the call's start, no user run in progress.
     let k = unsafe { kpage::kpage() };
+    let p = paging::prepare_copies(k, snapshot_generation);
     let phase = working_set::replay_at_start(k, p.kpage);
     // SAFETY: as above; `k` is not used again.
     let ran = phase.is_some_and(|phase| unsafe { phase.run() });

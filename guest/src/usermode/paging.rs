@@ -316,26 +316,17 @@ pub fn window_leaf(k: &mut KState) -> Option<*mut u64> {
     Some(leaf)
 }
 
-/// Readies a call after a restore, in kernel mode on the kernel stack,
-/// before the kernel page is written: copies the kernel page, which the
-/// kernel writes at every call, at once rather than by a kernel fault;
-/// empties the #PF fast path's leaf-table cache and forgets the copy
-/// window's leaf (the tables have moved). The caller then has the call's
-/// working set replayed and the call page readied ([`ready_call_page`]):
-/// [`CALL_PAGE`] must be writable before user mode runs, as the fast path
-/// writes it on the exception stack, where a fault of its own would
-/// overwrite the frame it runs on. `None` on a warm call.
+/// The snapshot generation, if this is the first call since a restore or a
+/// snapshot and [`prepare_copies`] is due; `None` on a warm call. It reads
+/// the kernel page only: nothing may write it before [`prepare_copies`].
 #[inline(always)]
-pub fn prepare_copies(k: &mut KState) -> Option<Restored> {
+pub fn restored(k: &KState) -> Option<u64> {
     // All of it holds until the next restore or snapshot, which change the
     // generation: a warm call pays only this check.
     // SAFETY: the address of the generation, set at init; the metadata page
     // is mapped for the guest's lifetime.
     let generation = unsafe { (k.generation_gva as *const u64).read_volatile() };
-    if k.window[1] == generation {
-        return None;
-    }
-    Some(prepare_copies_now(k, generation))
+    (k.window[1] != generation).then_some(generation)
 }
 
 /// What [`prepare_copies`] found of the kernel page, for the replay phase:
@@ -344,8 +335,17 @@ pub struct Restored {
     pub kpage: Option<(u64, *mut u64)>,
 }
 
-#[cold]
-fn prepare_copies_now(k: &mut KState, generation: u64) -> Restored {
+/// Readies a call after a restore (see [`restored`]), in kernel mode on the
+/// kernel stack, before the kernel page is written: copies the kernel page,
+/// which the kernel writes at every call, at once rather than by a kernel
+/// fault; empties the #PF fast path's leaf-table cache and forgets the copy
+/// window's leaf (the tables have moved). The caller then has the call's
+/// working set replayed and the call page readied ([`ready_call_page`]):
+/// [`CALL_PAGE`] must be writable before user mode runs, as the fast path
+/// writes it on the exception stack, where a fault of its own would
+/// overwrite the frame it runs on.
+#[inline(always)]
+pub fn prepare_copies(k: &mut KState, generation: u64) -> Restored {
     let kpage = super::kpage::kpage_addr();
     let kpage_table = leaf_table(k, kpage);
     let kpage_leaf = kpage_table.and_then(|t| leaf_in(k, t, kpage));

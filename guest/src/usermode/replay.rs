@@ -220,8 +220,8 @@ impl Phase {
         // the phase's code is in the image and uses no stack; its arguments
         // are in the windows.
         unsafe {
-            let replayed = &raw mut super::kpage::KPAGE.replayed;
-            replayed.write_volatile([REPLAYING, 0]);
+            let replayed = &raw mut super::kpage::KPAGE.replayed[0];
+            replayed.write_volatile(REPLAYING);
             self.slot.write_volatile(self.pdpt);
             // The pages the phase will write, each touched once here: an
             // emulated store makes the host back the page (scratch is
@@ -263,7 +263,7 @@ impl Phase {
                 out(reg) _,
                 options(nostack)
             );
-            replayed.write_volatile([super::working_set::LIST_REPLAYED, 0]);
+            replayed.write_volatile(super::working_set::LIST_REPLAYED);
             status == STATUS_EXIT
         }
     }

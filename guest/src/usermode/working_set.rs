@@ -104,7 +104,7 @@ pub fn note_source(k: &mut KState) -> u64 {
 /// table and its leaf entry (`None`: no phase, the faults serve the call).
 #[inline(always)]
 pub fn replay_at_start(k: &mut KState, kpage: Option<(u64, *mut u64)>) -> Option<Phase> {
-    k.replayed = [LIST_NONE, 0];
+    k.replayed[0] = LIST_NONE;
     let [msg, cap, _] = k.first_msg;
     if msg == 0 {
         return None;
@@ -122,10 +122,10 @@ pub fn replay_at_start(k: &mut KState, kpage: Option<(u64, *mut u64)>) -> Option
     let trailer = unsafe { ((msg + end - 8) as *const u64).read_unaligned() };
     let (offset, n) = ws::list_before(end, payload_len, trailer)?;
     if n == 0 {
-        k.replayed = [LIST_EMPTY, 0];
+        k.replayed[0] = LIST_EMPTY;
         return None;
     }
-    k.replayed = [LIST_REPLAYED, 0];
+    k.replayed[0] = LIST_REPLAYED;
     let (table, leaf) = kpage?;
     // `n` entries at `msg + offset` lie within the buffer (`list_before`),
     // in the arena.
