@@ -520,7 +520,7 @@ fn emulated_instructions(n: usize) {
         .map(|(_, t)| symbols.per_function(t, offset, n))
         .collect();
     // BENCH_RIPS=<function>[,<function>...]: those functions' instructions
-    // one by one (ELF address, count per call, bytes), per column, to find
+    // one by one (ELF address, count and µs per call, bytes), per column, to find
     // their hot paths.
     let rips_of = std::env::var("BENCH_RIPS").unwrap_or_default();
     // The warm calls too (BENCH_RIPS=all: every function, warm calls only).
@@ -543,9 +543,10 @@ fn emulated_instructions(n: usize) {
             rips.sort_by_key(|(rip, _)| **rip);
             for (rip, r) in rips {
                 println!(
-                    "  {:#x} {:>7.1} {:02x?}",
+                    "  {:#x} {:>7.1} {:>8.1} µs {:02x?}",
                     rip.wrapping_sub(offset),
                     r.count as f64 / n as f64,
+                    r.micros / n as f64,
                     r.bytes
                 );
             }

@@ -31,6 +31,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub mod broker;
 pub mod cluster;
+pub mod cpu;
 pub mod image;
 pub mod memory;
 pub use broker::{BROKER_IMAGE_ENV, TestBroker};

@@ -24,7 +24,9 @@
 //! relies on lives in user-writable memory, and it never uses the heap.
 //! The kernel's pages (page tables, IDT/GDT/TSS, kernel and exception stacks,
 //! scratch metadata, this module's state) never get the user bit: JS in user
-//! mode cannot read or write them, a second privilege boundary inside the VM.//! The module by concern: `kpage` (the kernel's state and its one
+//! mode cannot read or write them, a second privilege boundary inside the VM.
+//!
+//! The module by concern: `kpage` (the kernel's state and its one
 //! accessor), `descriptors` (GDT and IDT), `entry` (the privilege switch,
 //! assembly), `traps` (what the kernel does for a user trap), `faults` and
 //! `paging` (page faults and page-table work, with the rules themselves in

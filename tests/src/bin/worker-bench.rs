@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use hyperlight_js_e2e::{Client, HandlerSpec, Vhost, temp_dir, write_config};
+use hyperlight_js_e2e::{Client, HandlerSpec, Vhost, cpu, temp_dir, write_config};
 use hyperlight_js_engine::{CallOptions, LoadedJSSandbox, SandboxBuilder};
 use hyperlight_js_worker::config::WorkerConfig;
 use hyperlight_js_worker::run::{Mode, Worker};
@@ -76,6 +76,7 @@ async fn main() {
         let engine = EngineRates {
             single: (engine.single + again.single) / 2.0,
             parallel: (engine.parallel + again.parallel) / 2.0,
+            split: engine.split.mean(&again.split),
         };
         rows.push((pool, engine, broker, worker));
     }
@@ -90,9 +91,9 @@ async fn main() {
         "| pool | worker msg/s | worker latency p50 / p99 | engine ceiling (1 sandbox × pool) | engine, pool sandboxes in parallel (measured) | broker ceiling (bare lapin consumer, prefetch = pool, ack each) | worker / lower ceiling | worker / measured engine |"
     );
     println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
-    for (pool, engine, broker, worker) in rows {
-        let ceiling = engine.single * pool as f64;
-        let lower = ceiling.min(broker);
+    for (pool, engine, broker, worker) in &rows {
+        let ceiling = engine.single * *pool as f64;
+        let lower = ceiling.min(*broker);
         println!(
             "| {pool} | {:.1} | {:.0} ms / {:.0} ms | {ceiling:.1} msg/s ({:.0} ms per call + restore) | {:.1} msg/s | {broker:.0} msg/s | {:.0} % | {:.0} % |",
             worker.rate,
@@ -104,11 +105,82 @@ async fn main() {
             100.0 * worker.rate / engine.parallel,
         );
     }
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!();
+    println!(
+        "Where the CPU goes, ms per message (the kernel's per-thread accounting: guest time, system time, the rest of user time), \
+         and the cores the run kept busy out of {cores}:"
+    );
+    println!();
+    println!(
+        "| pool | engine alone, one call + restore: all = guest / KVM / host user | worker run: sandbox threads, all = guest / KVM / host user | worker's other threads and the bench's client | broker (beam.smp) | all | cores busy |"
+    );
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for (pool, engine, _, worker) in &rows {
+        let c = &worker.cpu;
+        let all = c.sandboxes.total() + c.others + c.broker.unwrap_or(0.0);
+        println!(
+            "| {pool} | {} | {} | {:.2} | {} | {all:.2} | {:.2} |",
+            engine.split,
+            c.sandboxes,
+            c.others,
+            c.broker
+                .map_or("not on this machine".to_string(), |b| format!("{b:.2}")),
+            c.cores_busy,
+        );
+    }
 }
 
 struct EngineRates {
     single: f64,
     parallel: f64,
+    /// Where one call + restore's CPU went, on the calling thread.
+    split: Split,
+}
+
+/// CPU time per message or call, in ms, split as the kernel accounts it.
+#[derive(Clone, Copy, Default)]
+struct Split {
+    guest: f64,
+    kvm: f64,
+    host_user: f64,
+}
+
+impl Split {
+    fn per(times: &[cpu::Times], n: usize) -> Self {
+        let t = cpu::sum(times);
+        let ms = 1000.0 / n.max(1) as f64;
+        Self {
+            guest: t.guest * ms,
+            kvm: t.system * ms,
+            host_user: t.host_user() * ms,
+        }
+    }
+
+    fn total(&self) -> f64 {
+        self.guest + self.kvm + self.host_user
+    }
+
+    fn mean(&self, other: &Split) -> Self {
+        Self {
+            guest: (self.guest + other.guest) / 2.0,
+            kvm: (self.kvm + other.kvm) / 2.0,
+            host_user: (self.host_user + other.host_user) / 2.0,
+        }
+    }
+}
+
+impl std::fmt::Display for Split {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.2} = {:.2} / {:.2} / {:.2}",
+            self.total(),
+            self.guest,
+            self.kvm,
+            self.host_user
+        )
+    }
 }
 
 fn loaded_sandbox() -> LoadedJSSandbox {
@@ -140,8 +212,11 @@ async fn engine_ceiling(pool: usize, calls: usize) -> EngineRates {
         };
         run(&mut first, 3);
         let started = Instant::now();
+        let before = cpu::this_thread().unwrap();
         run(&mut first, calls);
         let single = calls as f64 / started.elapsed().as_secs_f64();
+        let used = cpu::this_thread().unwrap();
+        let split = Split::per(&[used.minus(&before)], calls);
         let mut sandboxes = vec![first];
         for _ in 1..pool {
             sandboxes.push(LoadedJSSandbox::from_snapshot(&snapshot).unwrap());
@@ -154,7 +229,11 @@ async fn engine_ceiling(pool: usize, calls: usize) -> EngineRates {
             }
         });
         let parallel = (per * pool) as f64 / started.elapsed().as_secs_f64();
-        EngineRates { single, parallel }
+        EngineRates {
+            single,
+            parallel,
+            split,
+        }
     })
     .await
     .unwrap()
@@ -218,6 +297,20 @@ struct WorkerRun {
     rate: f64,
     p50: f64,
     p99: f64,
+    cpu: WorkerCpu,
+}
+
+/// The CPU the worker run used, per message, in ms.
+struct WorkerCpu {
+    /// The threads that ran guest code: the sandboxes' calls and restores.
+    sandboxes: Split,
+    /// Every other thread of this process: the worker's async side (lapin,
+    /// tokio, publish, confirm, ack) and the bench's client.
+    others: f64,
+    /// The broker's process (`beam.smp`) on this machine, when it is one.
+    broker: Option<f64>,
+    /// All of it over the run's wall-clock time.
+    cores_busy: f64,
 }
 
 /// The worker (in this process, from the library) with `pool` sandboxes and
@@ -285,6 +378,9 @@ async fn worker_run(vhost: &Vhost, pool: usize, n: usize) -> WorkerRun {
     for _ in 0..pool {
         consumer.next().await.unwrap().unwrap();
     }
+    let broker_pid = cpu::find_process("beam.smp");
+    let threads_before = cpu::Threads::of(std::process::id()).unwrap();
+    let broker_before = broker_pid.and_then(|p| cpu::Threads::of(p).ok());
     let started = Instant::now();
     let mut next = 0;
     while next < window.min(n) {
@@ -302,7 +398,21 @@ async fn worker_run(vhost: &Vhost, pool: usize, n: usize) -> WorkerRun {
             next += 1;
         }
     }
-    let rate = n as f64 / started.elapsed().as_secs_f64();
+    let wall = started.elapsed().as_secs_f64();
+    let rate = n as f64 / wall;
+    let threads = cpu::Threads::of(std::process::id())
+        .unwrap()
+        .since(&threads_before);
+    let (vcpu, other) = cpu::split_vcpu(&threads);
+    let broker = broker_pid
+        .zip(broker_before)
+        .and_then(|(p, before)| Some(cpu::sum(&cpu::Threads::of(p).ok()?.since(&before))));
+    let cpu = WorkerCpu {
+        sandboxes: Split::per(&[vcpu], n),
+        others: other.total() * 1000.0 / n as f64,
+        broker: broker.map(|b| b.total() * 1000.0 / n as f64),
+        cores_busy: (cpu::sum(&threads).total() + broker.map_or(0.0, |b| b.total())) / wall,
+    };
     shutdown.cancel();
     task.await.unwrap().unwrap();
     latencies.sort_by(|a, b| a.total_cmp(b));
@@ -310,5 +420,6 @@ async fn worker_run(vhost: &Vhost, pool: usize, n: usize) -> WorkerRun {
         rate,
         p50: percentile(&latencies, 0.5),
         p99: percentile(&latencies, 0.99),
+        cpu,
     }
 }
