@@ -1,9 +1,11 @@
 //! CPU time as the kernel accounts it per thread (`/proc/<pid>/task/<tid>/stat`):
-//! user, system and guest time. Guest time is the part of user time a thread
-//! spent running a vCPU's guest code; KVM's own work for it (exits, the
-//! instruction emulator, shadow page faults) is the thread's system time. So a
-//! sandbox's thread splits into guest code, KVM, and the host's user-space
-//! code (hyperlight, the engine) without any tracing.
+//! user, system and guest time. Guest time is the part of user time the
+//! kernel charged to running a vCPU (by ticks: a tick that lands while the
+//! thread is marked in guest mode); KVM's work outside that (the instruction
+//! emulator, shadow page faults) is system time, the rest of user time the
+//! host process's own code (hyperlight, the engine). On kvm-pvm part of the
+//! exit handling is charged as guest time, so read the split as the kernel's,
+//! not as guest code against KVM.
 
 use std::collections::HashMap;
 use std::io;

@@ -113,7 +113,7 @@ async fn main() {
     );
     println!();
     println!(
-        "| pool | engine alone, one call + restore: all = guest / KVM / host user | worker run: sandbox threads, all = guest / KVM / host user | worker's other threads and the bench's client | broker (beam.smp) | all | cores busy |"
+        "| pool | engine alone, one call + restore: all = guest time / system time / the rest of user time | worker run: sandbox threads, all = guest time / system time / the rest of user time | worker's other threads and the bench's client | broker (beam.smp) | all | cores busy |"
     );
     println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for (pool, engine, _, worker) in &rows {
@@ -142,7 +142,7 @@ struct EngineRates {
 #[derive(Clone, Copy, Default)]
 struct Split {
     guest: f64,
-    kvm: f64,
+    system: f64,
     host_user: f64,
 }
 
@@ -152,19 +152,19 @@ impl Split {
         let ms = 1000.0 / n.max(1) as f64;
         Self {
             guest: t.guest * ms,
-            kvm: t.system * ms,
+            system: t.system * ms,
             host_user: t.host_user() * ms,
         }
     }
 
     fn total(&self) -> f64 {
-        self.guest + self.kvm + self.host_user
+        self.guest + self.system + self.host_user
     }
 
     fn mean(&self, other: &Split) -> Self {
         Self {
             guest: (self.guest + other.guest) / 2.0,
-            kvm: (self.kvm + other.kvm) / 2.0,
+            system: (self.system + other.system) / 2.0,
             host_user: (self.host_user + other.host_user) / 2.0,
         }
     }
@@ -177,7 +177,7 @@ impl std::fmt::Display for Split {
             "{:.2} = {:.2} / {:.2} / {:.2}",
             self.total(),
             self.guest,
-            self.kvm,
+            self.system,
             self.host_user
         )
     }
