@@ -349,9 +349,13 @@ pub fn prepare_copies(k: &mut KState, generation: u64) -> Restored {
     let kpage = super::kpage::kpage_addr();
     let kpage_table = leaf_table(k, kpage);
     let kpage_leaf = kpage_table.and_then(|t| leaf_in(k, t, kpage));
-    copy_if_shared(kpage_leaf, kpage, super::kpage::LIVE);
-    for t in &mut k.leaf_tables {
-        t[0] = 0;
+    // A fresh copy carries only the live bytes: the rest, the leaf-table
+    // cache included, is zero already (the allocator hands out pages that
+    // the restore zeroed), and each store here is an emulated instruction.
+    if !copy_if_shared(kpage_leaf, kpage, super::kpage::LIVE) {
+        for t in &mut k.leaf_tables {
+            t[0] = 0;
+        }
     }
     // The copy window's leaf is found at the first copy that needs it (a
     // call whose working set is replayed has none).
@@ -391,18 +395,20 @@ pub fn ready_call_page(k: &mut KState, kpage: Option<(u64, *mut u64)>, phase_ran
 
 /// Copies the first `live` bytes of the page of `va`, whose leaf entry is
 /// `leaf`, for the kernel if it is still copy-on-write, as the kernel's fault
-/// for a write there would (the rest of the page is dead). Best effort: a
-/// page left shared is copied by that fault.
-fn copy_if_shared(leaf: Option<*mut u64>, va: u64, live: u64) {
+/// for a write there would (the rest of the page is dead, zero in the copy).
+/// Best effort: a page left shared is copied by that fault. Whether the page
+/// is now a fresh copy.
+#[inline(always)]
+fn copy_if_shared(leaf: Option<*mut u64>, va: u64, live: u64) -> bool {
     let Some(leaf) = leaf else {
-        return;
+        return false;
     };
     // SAFETY: a live leaf entry.
     let v = unsafe { leaf.read_volatile() };
-    if matches!(pte::recorded(v), Recorded::Cow { .. }) && v & RW == 0 {
-        // SAFETY: kernel mode; the live leaf of a copy-on-write page.
-        unsafe { copy_for_kernel(leaf, va, [0, live]) };
-    }
+    // SAFETY: kernel mode; the live leaf of a copy-on-write page.
+    matches!(pte::recorded(v), Recorded::Cow { .. })
+        && v & RW == 0
+        && unsafe { copy_for_kernel(leaf, va, [0, live]) }
 }
 
 /// Copies one page with a single `rep movsq` (see [`copy_qwords`]).
