@@ -89,6 +89,9 @@ pub struct KState {
     /// Recording the pages opened and copied for user mode: on in the
     /// first call after a restore that replayed no working set.
     pub ws_on: bool,
+    /// The replay phase's layout holds ([`super::replay::layout_holds`]):
+    /// checked once at init, as neither the image nor scratch moves.
+    pub phase_ok: bool,
     /// The recorded working set's length (entries in [`KState::ws`]).
     pub ws_len: u64,
     /// Where the first call after a restore of this snapshot arrives: its
@@ -158,6 +161,7 @@ pub(crate) static mut KPAGE: KState = KState {
     generation_gva: 0,
     stats_on: false,
     ws_on: false,
+    phase_ok: false,
     ws_len: 0,
     first_msg: [0; 3],
     kernel_rsp: 0,

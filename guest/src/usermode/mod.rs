@@ -213,6 +213,7 @@ pub fn init(stack_size: u64) {
     k.alloc_gva = hyperlight_guest::layout::allocator_gva() as u64;
     k.alloc_limit = hyperlight_common::layout::scratch_allocator_limit_gpa();
     k.generation_gva = hyperlight_guest::layout::snapshot_generation_gva() as u64;
+    k.phase_ok = replay::layout_holds(k.scratch[0]);
     k.enabled = true;
     ENABLED.store(true, Ordering::Relaxed);
 }

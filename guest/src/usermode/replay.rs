@@ -110,6 +110,18 @@ pub struct Phase {
     touch: (u64, u64),
 }
 
+/// Whether the phase can run in this image and sandbox: its directories and
+/// code lie in the kernel page's 2 MiB region (the one leaf table
+/// [`Phase::set_up`] reads them through), and scratch lies in the top GiB
+/// the scratch window maps. Fixed for the guest's lifetime (neither the
+/// image nor scratch moves), so the kernel checks it once, at init.
+pub fn layout_holds(scratch_gpa: u64) -> bool {
+    let region = super::kpage::kpage_addr() >> 21;
+    let dirs = (&raw const DIRECTORIES) as u64;
+    let code = hljs_user_replay as *const () as u64;
+    scratch_gpa >= SCRATCH_GIB && dirs >> 21 == region && code >> 21 == region
+}
+
 impl Phase {
     /// Sets up the phase for the `n` entries at `list` (in the arena):
     /// `table` is the entry that points at the leaf table of the kernel
@@ -133,19 +145,14 @@ impl Phase {
         copies: u64,
     ) -> Option<Self> {
         let [scratch_gpa, scratch_gva] = k.scratch;
+        if !k.phase_ok || list < scratch_gva {
+            return None;
+        }
         let dirs = (&raw const DIRECTORIES) as u64;
         let code = hljs_user_replay as *const () as u64;
-        let region = super::kpage::kpage_addr() >> 21;
         let leaves = pte::table_va(table, scratch_gpa, scratch_gva)?;
         let root_pa = paging::cr3() & pte::ADDR;
         let root = pte::table_va(root_pa, scratch_gpa, scratch_gva)?;
-        if scratch_gpa < SCRATCH_GIB
-            || list < scratch_gva
-            || dirs >> 21 != region
-            || code >> 21 != region
-        {
-            return None;
-        }
         let leaf = |va: u64| (leaves + 8 * pte::index(va, 3) as u64) as *mut u64;
         let slot = (root + 8 * pte::index(WINDOWS, 0) as u64) as *mut u64;
         // SAFETY: entries of the live root and leaf tables, in scratch (the
