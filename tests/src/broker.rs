@@ -14,7 +14,6 @@
 //! `AMQP_URL` (`scripts/rabbitmq.sh start`), managed with the local
 //! `rabbitmqctl`.
 
-use std::net::TcpListener;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -25,6 +24,7 @@ use testcontainers::core::WaitFor;
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 
+use crate::ports::free_ports;
 use crate::{Vhost, unique};
 
 /// The environment variable naming the broker image of the tests.
@@ -295,31 +295,4 @@ pub(crate) fn split_image(image: &str) -> (String, String) {
         Some((name, tag)) if !tag.contains('/') => (name.into(), tag.into()),
         _ => (image.into(), "latest".into()),
     }
-}
-
-/// `n` distinct free ports on 127.0.0.1, all below 55000: RabbitMQ's CLI
-/// tools use the ports from a node's distribution port + 10000 to + 10010.
-/// (Ports can be taken again between here and the broker's start; a clash
-/// fails the start loudly.)
-pub(crate) fn free_ports(n: usize) -> Vec<u16> {
-    let mut listeners = Vec::new();
-    for _ in 0..100 * n {
-        if listeners.len() == n {
-            break;
-        }
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port on 127.0.0.1");
-        if listener.local_addr().expect("local address").port() < 55000 {
-            // Kept bound until all are chosen, so that they differ.
-            listeners.push(listener);
-        }
-    }
-    assert_eq!(
-        listeners.len(),
-        n,
-        "no {n} free ports below 55000 on 127.0.0.1 for brokers' Erlang distribution"
-    );
-    listeners
-        .iter()
-        .map(|l| l.local_addr().expect("local address").port())
-        .collect()
 }

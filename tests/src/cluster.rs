@@ -23,7 +23,8 @@ use testcontainers::core::WaitFor;
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 
-use crate::broker::{BROKER_IMAGE_ENV, free_ports, split_image};
+use crate::broker::{BROKER_IMAGE_ENV, split_image};
+use crate::ports::free_ports;
 use crate::{run_within, unique};
 
 /// The image of a cluster when `HLJS_TEST_BROKER_IMAGE` names none of 4.x.

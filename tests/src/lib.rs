@@ -13,7 +13,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::OnceLock;
@@ -34,8 +34,10 @@ pub mod cluster;
 pub mod cpu;
 pub mod image;
 pub mod memory;
+pub mod ports;
 pub use broker::{BROKER_IMAGE_ENV, TestBroker};
 pub use cluster::{FailoverPublisher, QueuePlacement, TestCluster};
+pub use ports::free_addr;
 
 /// The broker URL from `AMQP_URL`; panics with instructions when unset.
 pub fn amqp_url() -> String {
@@ -386,12 +388,6 @@ pub struct Exchanges {
     pub results: String,
     /// Dead letters (also the dead-letter queue's name).
     pub dead_letter: String,
-}
-
-/// A free TCP port on 127.0.0.1.
-pub fn free_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
 }
 
 /// The worker binary running as a child process.

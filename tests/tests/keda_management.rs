@@ -17,7 +17,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -41,21 +41,9 @@ const IN_FLIGHT: u64 = 8;
 /// The management API's statistics are refreshed every 5 s by default.
 const STATS_WAIT: Duration = Duration::from_secs(90);
 
+/// `N` ports from the tests' allocator (outside the kernel's ephemeral range).
 fn free_ports<const N: usize>() -> [u16; N] {
-    for _ in 0..100 {
-        let listeners: Vec<TcpListener> = (0..N)
-            .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
-            .collect();
-        let ports: Vec<u16> = listeners
-            .iter()
-            .map(|l| l.local_addr().unwrap().port())
-            .collect();
-        // The Erlang distribution port's CLI range (it + 10000 ..) must stay valid.
-        if ports.iter().all(|p| *p < 55000) {
-            return ports.try_into().unwrap();
-        }
-    }
-    panic!("no free ports below 55000 on 127.0.0.1");
+    hyperlight_js_e2e::ports::free_ports(N).try_into().unwrap()
 }
 
 struct Broker {
